@@ -1,0 +1,75 @@
+// Dense exact reduction: every query against every training point, streamed in tiles.
+//
+// Design note.  Logits l_i = log pi_i - ||y - x_i||^2 / (2 s^2) are first formed in GEMM form
+// (<y, x_i> - ||x_i||^2 / 2, a register-blocked micro-kernel over a transposed tile) in the
+// input precision.  Per query a static rule picks one of two paths:
+//  * fast path: the GEMM-form logit error estimate  u (sqrt(d) + 2) (|y| R + R^2) / s^2  is below
+//    `fast_tol`; logits are used as they are, exponentiated with a SIMD exp and accumulated in
+//    per-tile sums that are added into float64 state;
+//  * selection path (small s, or queries far from the data): GEMM-form distances only select
+//    candidates with a rigorous rounding bound; a candidate whose logit may be within `log_cut`
+//    of the running max is recomputed in float64 difference form and accumulated in float64.
+//    Skipped terms carry at most N exp(-log_cut) of the mass relative to the max weight.
+// Products are taken about a centre c (the data mean), subtracted while packing, so that the
+// rounding bounds scale with the spread of the data rather than its offset.
+// Never more than one tile of logits is in memory.
+#pragma once
+#include <cstdint>
+
+#include "nnscore/common.hpp"
+#include "nnscore/simd.hpp"
+
+namespace nnscore {
+
+/// Inputs of one dense reduction (all pointers borrowed; rows have unit stride inside).
+template <class T>
+struct DenseProblem {
+  const T* y = nullptr;        ///< (M, ldy) queries, VE-normalised
+  index_t ldy = 0;             ///< row stride of y in elements (>= d)
+  const T* x = nullptr;        ///< (N, ldx) training points
+  index_t ldx = 0;             ///< row stride of x in elements (>= d)
+  const double* x_half_sqnorm = nullptr;  ///< (N,) ||x_i - c||^2 / 2 in float64
+  const double* log_w = nullptr;          ///< (N,) log pi_i, or null for all-equal (0)
+  const T* center = nullptr;  ///< (d,) c: GEMM-form products use x - c and y - c (null: 0)
+  const double* sigma = nullptr;          ///< (M,) VE noise level per query, > 0
+  index_t M = 0, N = 0, d = 0;
+  double x_radius = 0.0;  ///< max_i ||x_i - c|| (scales the rounding bounds)
+  double fast_tol = 0.0;  ///< fast path when the logit error estimate is below this
+  double log_cut = 0.0;   ///< skip terms whose logit is below (running max - log_cut)
+};
+
+/// Structure-of-arrays outputs: one partial per query (see online_softmax.hpp).
+struct DenseOutput {
+  double* m;
+  double* z;
+  double* v;  ///< (M, d)
+  double* q;
+  double* z2;
+  std::int64_t* top1;
+  std::int64_t* n_exact;  ///< (M,) terms recomputed in difference form (diagnostic), or null
+};
+
+/// Runs the reduction on `n_threads` threads with kernels of `level`.
+template <class T>
+void partials_dense(const DenseProblem<T>& problem, const DenseOutput& out, int n_threads, SimdLevel level);
+
+/// One work item: queries [q0, q1) against training points [n0, n1), written to `out`
+/// (indexed by query, relative to q0).  Implemented once per SIMD level.
+template <class T>
+using DenseBlockFn = void (*)(const DenseProblem<T>&, index_t q0, index_t q1, index_t n0, index_t n1,
+                              const DenseOutput& out);
+
+namespace generic {
+void dense_block_f32(const DenseProblem<float>&, index_t, index_t, index_t, index_t, const DenseOutput&);
+void dense_block_f64(const DenseProblem<double>&, index_t, index_t, index_t, index_t, const DenseOutput&);
+}  // namespace generic
+namespace avx2 {
+void dense_block_f32(const DenseProblem<float>&, index_t, index_t, index_t, index_t, const DenseOutput&);
+void dense_block_f64(const DenseProblem<double>&, index_t, index_t, index_t, index_t, const DenseOutput&);
+}  // namespace avx2
+namespace avx512 {
+void dense_block_f32(const DenseProblem<float>&, index_t, index_t, index_t, index_t, const DenseOutput&);
+void dense_block_f64(const DenseProblem<double>&, index_t, index_t, index_t, index_t, const DenseOutput&);
+}  // namespace avx512
+
+}  // namespace nnscore

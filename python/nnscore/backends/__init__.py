@@ -1,0 +1,188 @@
+"""Backend registry: one adapter per kernel family, chosen once per model.
+
+``"auto"`` (or ``NNSCORE_BACKEND``) tries cpp -> numba for host arrays; ``reference`` is the
+float64 oracle and is never chosen automatically.  An explicitly requested backend that cannot
+run raises :class:`~nnscore.exceptions.BackendUnavailableError` with the reason.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..exceptions import BackendUnavailableError
+from ..partials import Partial
+from . import numba_kernels
+from .reference import partials_dense_reference
+
+try:  # the compiled core is optional at import: a failed build still imports (Numba fallback)
+    from .. import _core  # type: ignore[attr-defined]
+
+    HAS_CORE = True
+    CORE_IMPORT_ERROR = ""
+except ImportError as exc:  # pragma: no cover - exercised only on broken builds
+    _core = None
+    HAS_CORE = False
+    CORE_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+__all__ = [
+    "HAS_CORE",
+    "TrainingData",
+    "available_backends",
+    "backend_status",
+    "resolve",
+    "partials_dense",
+    "SIMD_LEVELS",
+    "simd_level",
+]
+
+BACKENDS = ("cpp", "numba", "reference")
+AUTO_ORDER = ("cpp", "numba")
+SIMD_LEVELS = ("generic", "avx2", "avx512")
+
+#: Fast-path threshold on the estimated GEMM-form logit error (see csrc/include/nnscore/dense.hpp):
+#: a logit error e perturbs the denoiser by at most ~2 e R and log p by e.
+FAST_TOL = {np.dtype(np.float32): 5e-7, np.dtype(np.float64): 1e-13}
+#: Skipped terms are below exp(-SKIP_MARGIN) / N of the largest weight, i.e. far below float64
+#: resolution of the sums.
+SKIP_MARGIN = 40.0
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingData:
+    """A training set prepared once per model: O(N) float64 side arrays, no copy of the points.
+
+    ``points`` (N, D) has unit-stride rows (a view of the user's array when possible);
+    ``center`` (D,) is the data mean rounded to the points' dtype; ``half_sqnorm`` is
+    ``||x_i - center||^2 / 2`` in float64; ``radius`` = max ||x_i - center||; ``log_w`` is
+    ``log pi_i - log_w_shift`` with ``log_w_shift = max log pi`` (None for unit weights, the
+    kernels then see log pi_i = 0), and ``log_mass`` = log sum pi_i (unnormalised).
+    """
+
+    points: np.ndarray
+    center: np.ndarray
+    half_sqnorm: np.ndarray
+    radius: float
+    log_w: np.ndarray | None
+    log_mass: float
+    log_w_shift: float = 0.0
+
+    @classmethod
+    def prepare(cls, points: np.ndarray, weights: np.ndarray | None = None, chunk_rows: int = 16384):
+        """Side arrays of ``points`` (N, D) with optional non-negative ``weights`` (N,)."""
+        n, dim = points.shape
+        center64 = np.zeros(dim)
+        for start in range(0, n, chunk_rows):
+            center64 += points[start : start + chunk_rows].sum(axis=0, dtype=np.float64)
+        center = (center64 / n).astype(points.dtype)
+        c = center.astype(np.float64)
+        half_sqnorm = np.empty(n)
+        for start in range(0, n, chunk_rows):
+            block = points[start : start + chunk_rows].astype(np.float64) - c
+            half_sqnorm[start : start + chunk_rows] = 0.5 * np.einsum("ij,ij->i", block, block)
+        radius = float(np.sqrt(2.0 * half_sqnorm.max()))
+        if weights is None:
+            return cls(points, center, half_sqnorm, radius, None, float(np.log(n)))
+        with np.errstate(divide="ignore"):
+            log_pi = np.log(np.asarray(weights, dtype=np.float64))
+        shift = float(log_pi.max())
+        return cls(points, center, half_sqnorm, radius, log_pi - shift,
+                   float(np.log(np.sum(weights, dtype=np.float64))), shift)
+
+    @property
+    def n_points(self) -> int:
+        return int(self.points.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.points.shape[1])
+
+
+def backend_status() -> dict[str, tuple[bool, str]]:
+    """``{name: (available, reason)}`` for every backend."""
+    status = {"cpp": (HAS_CORE, "" if HAS_CORE else f"the compiled core failed to import ({CORE_IMPORT_ERROR}); "
+                      "reinstall with a C++17 compiler: pip install --force-reinstall --no-deps .")}
+    status["numba"] = numba_kernels.is_available()
+    status["reference"] = (True, "")
+    return status
+
+
+def available_backends() -> list[str]:
+    """Names of the backends usable in this process, fastest first."""
+    return [name for name, (ok, _) in backend_status().items() if ok]
+
+
+def resolve(backend: str = "auto") -> str:
+    """The backend name to use for ``backend`` ("auto", or one of :data:`BACKENDS`)."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
+    if backend == "auto":
+        backend = os.environ.get("NNSCORE_BACKEND", "auto")
+    if backend == "auto":
+        status = backend_status()
+        for name in AUTO_ORDER:
+            if status[name][0]:
+                return name
+        raise BackendUnavailableError(
+            "no fast backend is available: " + "; ".join(f"{n}: {status[n][1]}" for n in AUTO_ORDER)
+        )
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: unknown backend {backend!r}; expected 'auto' or one of {list(BACKENDS)}")
+    ok, reason = backend_status()[backend]
+    if not ok:
+        raise BackendUnavailableError(f"backend {backend!r} is unavailable: {reason}")
+    return backend
+
+
+def simd_level() -> int:
+    """SIMD level index for the cpp kernels: detected, lowered by NNSCORE_SIMD_LEVEL if set."""
+    if not HAS_CORE:
+        return 0
+    level = int(_core.build_info()["simd_detected_index"])
+    forced = os.environ.get("NNSCORE_SIMD_LEVEL")
+    if forced:
+        if forced not in SIMD_LEVELS:
+            raise ValueError(f"NNSCORE_SIMD_LEVEL: expected one of {SIMD_LEVELS}, got {forced!r}")
+        level = min(level, SIMD_LEVELS.index(forced))
+    return level
+
+
+def partials_dense(
+    backend: str,
+    y: np.ndarray,
+    sigma: np.ndarray,
+    data: TrainingData,
+    n_threads: int,
+    *,
+    level: int | None = None,
+    diagnostics: dict | None = None,
+) -> Partial:
+    """Partials of queries ``y`` (M, D), same dtype as ``data.points``, over all training points.
+
+    ``log_mass`` of the result is set from ``data``; ``top1`` indexes ``data.points``.
+    ``diagnostics``, when a dict, receives ``n_exact`` (terms recomputed in difference form).
+    """
+    n_q, dim = y.shape[0], data.dim
+    if backend == "cpp":
+        m, z, q, z2 = (np.empty(n_q) for _ in range(4))
+        v = np.empty((n_q, dim))
+        top1 = np.empty(n_q, dtype=np.int64)
+        n_exact = np.empty(n_q, dtype=np.int64)
+        kernel = _core.partials_dense_f32 if data.points.dtype == np.float32 else _core.partials_dense_f64
+        kernel(
+            y, data.points, data.half_sqnorm, data.log_w, data.center, sigma,
+            m, z, v, q, z2, top1, n_exact,
+            data.radius, FAST_TOL[data.points.dtype], float(np.log(data.n_points)) + SKIP_MARGIN,
+            n_threads, simd_level() if level is None else level,
+        )  # fmt: skip
+        if diagnostics is not None:
+            diagnostics["n_exact"] = n_exact
+        return Partial(m=m + data.log_w_shift, z=z, v=v, q=q, z2=z2, top1=top1, log_mass=data.log_mass)
+    if backend == "numba":
+        p = numba_kernels.partials_dense_numba(y, data.points, sigma, data.log_w, n_threads=n_threads)
+    elif backend == "reference":
+        p = partials_dense_reference(y, data.points, sigma, data.log_w)
+    else:
+        raise ValueError(f"backend: unknown backend {backend!r}")
+    return Partial(m=p.m + data.log_w_shift, z=p.z, v=p.v, q=p.q, z2=p.z2, top1=p.top1, log_mass=data.log_mass)

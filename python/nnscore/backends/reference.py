@@ -1,0 +1,51 @@
+"""float64 NumPy reference: readable, unchunked, the oracle of the tests.
+
+Forms the full (M, N) logit matrix in difference form, so it is for small problems only and is
+never chosen by ``backend="auto"``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..partials import Partial
+
+#: Refuse problems whose (M, N) logit matrix would exceed this many float64 entries (~1 GiB).
+MAX_REFERENCE_ENTRIES = 2**27
+
+
+def partials_dense_reference(y, train, sigma, log_weights=None) -> Partial:
+    """Exact partials of every query over all training points, in float64.
+
+    Parameters
+    ----------
+    y : (M, d) array, VE-normalised queries.
+    train : (N, d) array, training points.
+    sigma : (M,) float64, VE noise level per query (> 0).
+    log_weights : (N,) float64 or None, log pi_i (None: all equal, i.e. 0; only the
+        normalisation of the log-sum-exp changes, which the caller adds).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    x = np.asarray(train, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    n_q, n_t = y.shape[0], x.shape[0]
+    if n_q * n_t > MAX_REFERENCE_ENTRIES:
+        raise MemoryError(
+            f"the reference backend forms an (M, N) = ({n_q}, {n_t}) matrix; "
+            "use backend='cpp' or 'numba' for problems this large"
+        )
+    diff = x[None, :, :] - y[:, None, :]  # (M, N, d): x_i - y
+    sq = np.einsum("mnd,mnd->mn", diff, diff)
+    logits = -sq / (2.0 * sigma[:, None] ** 2)
+    if log_weights is not None:
+        logits = logits + np.asarray(log_weights, dtype=np.float64)[None, :]
+    top1 = np.argmax(logits, axis=1).astype(np.int64)
+    m = logits[np.arange(n_q), top1] if n_q else np.zeros(0)
+    w = np.exp(logits - m[:, None])
+    return Partial(
+        m=m,
+        z=w.sum(axis=1),
+        v=np.einsum("mn,mnd->md", w, diff),
+        q=np.einsum("mn,mn->m", w, sq),
+        z2=np.einsum("mn,mn->m", w, w),
+        top1=top1,
+    )

@@ -1,0 +1,82 @@
+"""EmpiricalScore: the exact score of the noised (weighted) empirical measure."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backends as _backends
+from .. import schedules as _schedules
+from .._threads import effective_n_threads
+from .._validation import as_float_array, as_rows, check_finite
+from ..partials import Partial
+from .base import ScoreModel
+
+__all__ = ["EmpiricalScore", "prepare_training_data"]
+
+
+def prepare_training_data(train, weights=None) -> tuple[_backends.TrainingData, tuple]:
+    """Validate ``train`` (N, d) or (N, *shape) and ``weights`` (N,); returns data and shape."""
+    arr = as_float_array(train, "train")
+    if arr.ndim < 2:
+        raise ValueError(f"train: expected shape (N, d) or (N, *shape), got ndim={arr.ndim}")
+    if arr.shape[0] == 0:
+        raise ValueError("train: the training set is empty (N = 0)")
+    if arr.size == 0:
+        raise ValueError(f"train: points have no coordinates (shape {arr.shape})")
+    check_finite(arr, "train")
+    rows = as_rows(arr, "train")
+    w = None
+    if weights is not None:
+        w = as_float_array(weights, "weights").astype(np.float64, copy=False)
+        if w.shape != (rows.shape[0],):
+            raise ValueError(f"weights: expected shape ({rows.shape[0]},), got {w.shape}")
+        check_finite(w, "weights")
+        if np.any(w < 0):
+            raise ValueError("weights: must be non-negative")
+        if not np.any(w > 0):
+            raise ValueError("weights: all weights are zero")
+    return _backends.TrainingData.prepare(rows, w), tuple(arr.shape[1:])
+
+
+class EmpiricalScore(ScoreModel):
+    """Exact empirical score, denoiser and log-density of a finite training set.
+
+    p_t(x) = sum_i pi_i N(x; a_t x_i, s_t^2 I): an attention whose keys and values are the
+    training points.  Computed by streaming kernels that never hold an M x N matrix.
+
+    Parameters
+    ----------
+    train : array-like (N, d) or (N, *shape), float32/float64 (memmap accepted, not copied
+        when its rows are contiguous).  Integers become float64.
+    weights : (N,) non-negative, optional; pi_i proportional to weights (default uniform).
+    schedule : str or Schedule, default "ve" (t is sigma).
+    backend : "auto" | "cpp" | "numba" | "reference".
+    n_threads : int, optional; default: NNSCORE_NUM_THREADS or the CPUs available.
+    """
+
+    def __init__(self, train, weights=None, schedule="ve", backend="auto", n_threads=None):
+        self.schedule = _schedules.get_schedule(schedule)
+        self.backend = _backends.resolve(backend)
+        effective_n_threads(n_threads)  # validates
+        self.n_threads = n_threads
+        self.data, self.shape = prepare_training_data(train, weights)
+        self.dtype = self.data.points.dtype
+
+    @property
+    def train(self) -> np.ndarray:
+        """The training points as (N, d) rows (a view of the caller's array when possible)."""
+        return self.data.points
+
+    @property
+    def n_train(self) -> int:
+        return self.data.n_points
+
+    def _partials_ve(self, y: np.ndarray, sigma: np.ndarray, diagnostics: dict | None = None) -> Partial:
+        work = 4.0 * y.shape[0] * self.n_train * self.dim
+        n_threads = effective_n_threads(self.n_threads, work)
+        return _backends.partials_dense(self.backend, y, sigma, self.data, n_threads, diagnostics=diagnostics)
+
+    def __repr__(self) -> str:
+        return (
+            f"EmpiricalScore(n_train={self.n_train}, shape={self.shape}, dtype={self.dtype}, "
+            f"schedule={self.schedule!r}, backend={self.backend!r})"
+        )

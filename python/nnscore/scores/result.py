@@ -1,0 +1,87 @@
+"""ScoreResult and the one conversion from VE-space partials to user coordinates."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..partials import Partial, finalize_partial
+
+__all__ = ["ScoreResult", "result_from_partial"]
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Everything one evaluation of a score model at (x, t) returns.
+
+    Shapes: ``M`` queries, ``shape`` the trailing data shape, ``d = prod(shape)``.
+
+    Attributes
+    ----------
+    denoised : (M, *shape), query dtype
+        D(x, t) = E[x_0 | x_t = x] (data coordinates).
+    score : (M, *shape), query dtype
+        grad_x log p_t(x) = (a D - x) / s^2, computed from D - y without cancellation.
+    log_density : (M,) float64
+        log p_t(x) of the noised (weighted) empirical measure, in x-coordinates.
+    divergence : (M,) float64
+        Exact divergence of the score: (a^2 tr C / s^2 - d) / s^2 (science.md (1.7)).
+    posterior_variance : (M,) float64
+        tr Cov[x_0 | x_t = x], the trace of the posterior covariance (data units).
+    n_eff : (M,) float64
+        Effective number of training points, 1 / sum_i lambda_i^2.
+    top1 : (M,) int64
+        Index of the training point with the largest posterior weight.
+    max_weight : (M,) float64
+        The largest posterior weight, lambda_top1.
+    sigma : (M,) float64
+        The VE-equivalent noise level sigma~ = s/a of each query.
+    backend : str
+        The backend that computed the result.
+    """
+
+    denoised: np.ndarray
+    score: np.ndarray
+    log_density: np.ndarray
+    divergence: np.ndarray
+    posterior_variance: np.ndarray
+    n_eff: np.ndarray
+    top1: np.ndarray
+    max_weight: np.ndarray
+    sigma: np.ndarray
+    backend: str = ""
+
+
+def result_from_partial(
+    p: Partial,
+    y: np.ndarray,
+    alpha: np.ndarray,
+    s: np.ndarray,
+    shape: tuple,
+    dtype: np.dtype,
+    backend: str = "",
+) -> ScoreResult:
+    """Finalize a merged partial of queries ``y = x / alpha`` (M, d) into a ScoreResult.
+
+    ``alpha`` and ``s`` are the schedule's a(t), s(t) per query (float64, (M,)).
+    """
+    f = finalize_partial(p)
+    n_q, dim = p.v.shape
+    st = s / alpha
+    denoised = y.astype(np.float64, copy=False) + f.delta
+    # score = (a D - x)/s^2 = (D - y)/(a st^2): D - y is the accumulated v/z, no cancellation.
+    score = f.delta / (alpha * st * st)[:, None]
+    log_density = -0.5 * dim * np.log(2.0 * np.pi * s * s) + f.lse
+    divergence = (f.trace_cov / (st * st) - dim) / (s * s)
+    return ScoreResult(
+        denoised=denoised.astype(dtype, copy=False).reshape((n_q, *shape)),
+        score=score.astype(dtype, copy=False).reshape((n_q, *shape)),
+        log_density=log_density,
+        divergence=divergence,
+        posterior_variance=f.trace_cov,
+        n_eff=f.n_eff,
+        top1=f.top1,
+        max_weight=f.max_weight,
+        sigma=st,
+        backend=backend,
+    )
