@@ -54,9 +54,11 @@ void partials_dense(const DenseProblem<T>& P, const DenseOutput& out, int n_thre
                                                                            << " is not compiled in");
   if (P.M == 0) return;
   const DenseBlockFn<T> fn = pick<T>(level);
-  constexpr index_t kQueryBlock = 32;
-  const index_t n_qblocks = (P.M + kQueryBlock - 1) / kQueryBlock;
   if (n_threads < 1) n_threads = 1;
+  // Query blocks amortise the packing of each training tile: as large as possible while every
+  // thread still gets two blocks.
+  const index_t kQueryBlock = std::clamp<index_t>(P.M / (2 * n_threads), 32, 256);
+  const index_t n_qblocks = (P.M + kQueryBlock - 1) / kQueryBlock;
   index_t n_splits = 1;
   if (n_qblocks < n_threads) {
     // Few queries: split the training set too, at least 4096 points per chunk.

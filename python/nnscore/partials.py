@@ -130,8 +130,13 @@ def finalize_partial(p: Partial) -> FinalizedPartial:
     z = p.z
     delta = p.v / z[:, None]
     mean_sq = np.einsum("ij,ij->i", delta, delta)
-    # q/z >= ||v/z||^2 in exact arithmetic (Cauchy-Schwarz); clip rounding below zero.
-    trace_cov = np.maximum(p.q / z - mean_sq, 0.0)
+    # tr Cov = q/z - ||v/z||^2 >= 0 (Cauchy-Schwarz).  The difference is only resolved to about
+    # eps * q/z (both terms carry rounding of that size); anything below that, including
+    # negative rounding, is reported as 0 rather than amplified noise (it is divided by s^4 in
+    # the divergence).
+    second = p.q / z
+    trace_cov = second - mean_sq
+    trace_cov[trace_cov <= 16 * np.finfo(np.float64).eps * second] = 0.0
     return FinalizedPartial(
         delta=delta,
         lse=p.m + np.log(z) - p.log_mass,

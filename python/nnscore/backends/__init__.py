@@ -41,12 +41,12 @@ BACKENDS = ("cpp", "numba", "reference")
 AUTO_ORDER = ("cpp", "numba")
 SIMD_LEVELS = ("generic", "avx2", "avx512")
 
-#: Fast-path threshold on the estimated GEMM-form logit error (see csrc/include/nnscore/dense.hpp):
-#: a logit error e perturbs the denoiser by at most ~2 e R and log p by e.
-FAST_TOL = {np.dtype(np.float32): 5e-7, np.dtype(np.float64): 1e-13}
-#: Skipped terms are below exp(-SKIP_MARGIN) / N of the largest weight, i.e. far below float64
-#: resolution of the sums.
-SKIP_MARGIN = 40.0
+#: Target logit error of GEMM-form terms (see csrc/include/nnscore/dense.hpp): a logit error e
+#: perturbs the denoiser by at most ~2 e R and log p by e.
+FAST_TOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-13}
+#: Skipped terms are below exp(-SKIP_MARGIN) / N of the largest weight: below the resolution
+#: of the result's precision (float32 results: e^-25 ~ 1e-11; float64: e^-40 ~ 4e-18).
+SKIP_MARGIN = {np.dtype(np.float32): 25.0, np.dtype(np.float64): 40.0}
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,7 +173,7 @@ def partials_dense(
         kernel(
             y, data.points, data.half_sqnorm, data.log_w, data.center, sigma,
             m, z, v, q, z2, top1, n_exact,
-            data.radius, FAST_TOL[data.points.dtype], float(np.log(data.n_points)) + SKIP_MARGIN,
+            data.radius, FAST_TOL[data.points.dtype], float(np.log(data.n_points)) + SKIP_MARGIN[data.points.dtype],
             n_threads, simd_level() if level is None else level,
         )  # fmt: skip
         if diagnostics is not None:

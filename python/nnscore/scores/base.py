@@ -23,6 +23,14 @@ def schedule_coefficients(schedule: _schedules.Schedule, t, n_queries: int) -> t
         t_arr = np.asarray(schedule.validate_t(t_arr), dtype=np.float64).reshape(n_queries)
     alpha = np.asarray(schedule.alpha(t_arr), dtype=np.float64).reshape(n_queries)
     s = np.asarray(schedule.sigma(t_arr), dtype=np.float64).reshape(n_queries)
+    st = s / alpha
+    with np.errstate(over="ignore", divide="ignore"):
+        bad = ~(np.isfinite(1.0 / (st * st)) & np.isfinite(s * s) & (st > 0))
+    if np.any(bad):
+        raise ValueError(
+            f"t: the noise level sigma~ = s/a = {st[bad][0]!r} is outside the float64 range of the kernels "
+            "(1/sigma~^2 and s^2 must be finite and positive)"
+        )
     return alpha, s
 
 

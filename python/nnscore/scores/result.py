@@ -72,7 +72,8 @@ def result_from_partial(
     # score = (a D - x)/s^2 = (D - y)/(a st^2): D - y is the accumulated v/z, no cancellation.
     score = f.delta / (alpha * st * st)[:, None]
     log_density = -0.5 * dim * np.log(2.0 * np.pi * s * s) + f.lse
-    divergence = (f.trace_cov / (st * st) - dim) / (s * s)
+    with np.errstate(over="ignore"):  # |divergence| ~ d / s^2 may exceed float64: then it is +-inf
+        divergence = (f.trace_cov / (st * st) - dim) / (s * s)
     return ScoreResult(
         denoised=denoised.astype(dtype, copy=False).reshape((n_q, *shape)),
         score=score.astype(dtype, copy=False).reshape((n_q, *shape)),
