@@ -63,7 +63,7 @@ def as_rows(a: np.ndarray, name: str) -> np.ndarray:
     """(N, *shape) -> (N, D) view with unit-stride rows; copies only when no such view exists."""
     if a.ndim < 2:
         raise ValueError(f"{name}: expected an array of shape (N, d) or (N, *shape), got ndim={a.ndim}")
-    rows = a.reshape(a.shape[0], -1)
+    rows = a.reshape(a.shape[0], int(np.prod(a.shape[1:], dtype=np.int64)))  # (0, d) too
     n, dim = rows.shape
     inner_ok = dim <= 1 or rows.strides[1] == rows.itemsize
     outer_ok = n <= 1 or (rows.strides[0] >= rows.itemsize * dim and rows.strides[0] % rows.itemsize == 0)

@@ -6,13 +6,14 @@ run raises :class:`~nnscore.exceptions.BackendUnavailableError` with the reason.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..exceptions import BackendUnavailableError
-from ..partials import Partial
+from ..partials import Partial, empty_partial
 from . import numba_kernels
 from .reference import partials_dense_reference
 
@@ -165,6 +166,8 @@ def partials_dense(
     ``diagnostics``, when a dict, receives ``n_exact`` (terms recomputed in difference form).
     """
     n_q, dim = y.shape[0], data.dim
+    if n_q == 0:
+        return dataclasses.replace(empty_partial(0, dim), log_mass=data.log_mass)
     if backend == "cpp":
         m, z, q, z2 = (np.empty(n_q) for _ in range(4))
         v = np.empty((n_q, dim))
