@@ -38,18 +38,29 @@ class ScoreResult:
         The VE-equivalent noise level sigma~ = s/a of each query.
     backend : str
         The backend that computed the result.
+    mc_stderr : (M,) float64 or None
+        Monte-Carlo models: empirical standard error of the score estimate (norm, x-units).
+    error_bound : (M,) float64 or None
+        Approximate models: a bound on the error of the chosen quantity (see the model).
+    path : (M,) object array of str, or None
+        Approximate models: how each query was computed.
+
+    A field a model cannot compute is ``None``, never a guess.
     """
 
     denoised: np.ndarray
     score: np.ndarray
-    log_density: np.ndarray
-    divergence: np.ndarray
-    posterior_variance: np.ndarray
-    n_eff: np.ndarray
-    top1: np.ndarray
-    max_weight: np.ndarray
+    log_density: np.ndarray | None
+    divergence: np.ndarray | None
+    posterior_variance: np.ndarray | None
+    n_eff: np.ndarray | None
+    top1: np.ndarray | None
+    max_weight: np.ndarray | None
     sigma: np.ndarray
     backend: str = ""
+    mc_stderr: np.ndarray | None = None
+    error_bound: np.ndarray | None = None
+    path: np.ndarray | None = None
 
 
 def result_from_partial(
