@@ -81,24 +81,25 @@ void bind_dense(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_s
   partials_dense<T>(P, out, n_threads, static_cast<SimdLevel>(simd_level));
 }
 
+template <class T>
+void def_dense(py::module_& m, const char* name) {
+  m.def(name, &bind_dense<T>,
+        "partials_dense_{f32,f64}(y, x, x_half_sqnorm, log_w, center, sigma, m, z, v, q, z2, top1, n_exact,\n"
+        "    x_radius, fast_tol, log_cut, n_threads, simd_level)\n\n"
+        "Exact streaming log-sum-exp partials of every query over all training points, written\n"
+        "into the preallocated float64/int64 outputs. Inputs are not converted or copied.",
+        py::arg("y").noconvert(), py::arg("x").noconvert(), py::arg("x_half_sqnorm").noconvert(),
+        py::arg("log_w").noconvert(), py::arg("center").noconvert(), py::arg("sigma").noconvert(),
+        py::arg("m").noconvert(), py::arg("z").noconvert(), py::arg("v").noconvert(), py::arg("q").noconvert(),
+        py::arg("z2").noconvert(), py::arg("top1").noconvert(), py::arg("n_exact").noconvert(), py::arg("x_radius"),
+        py::arg("fast_tol"), py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"));
+}
+
 }  // namespace
 
 void register_kernels(py::module_& m) {
-  const char* doc =
-      "partials_dense_{f32,f64}(y, x, x_half_sqnorm, log_w, center, sigma, m, z, v, q, z2, top1, n_exact,\n"
-      "    x_radius, fast_tol, log_cut, n_threads, simd_level)\n\n"
-      "Exact streaming log-sum-exp partials of every query over all training points, written\n"
-      "into the preallocated float64/int64 outputs. Inputs are not converted or copied.";
-  m.def("partials_dense_f32", &bind_dense<float>, doc, py::arg("y").noconvert(), py::arg("x").noconvert(),
-        py::arg("x_half_sqnorm").noconvert(), py::arg("log_w").noconvert(), py::arg("center").noconvert(), py::arg("sigma").noconvert(),
-        py::arg("m").noconvert(), py::arg("z").noconvert(), py::arg("v").noconvert(), py::arg("q").noconvert(),
-        py::arg("z2").noconvert(), py::arg("top1").noconvert(), py::arg("n_exact").noconvert(), py::arg("x_radius"),
-        py::arg("fast_tol"), py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"));
-  m.def("partials_dense_f64", &bind_dense<double>, doc, py::arg("y").noconvert(), py::arg("x").noconvert(),
-        py::arg("x_half_sqnorm").noconvert(), py::arg("log_w").noconvert(), py::arg("center").noconvert(), py::arg("sigma").noconvert(),
-        py::arg("m").noconvert(), py::arg("z").noconvert(), py::arg("v").noconvert(), py::arg("q").noconvert(),
-        py::arg("z2").noconvert(), py::arg("top1").noconvert(), py::arg("n_exact").noconvert(), py::arg("x_radius"),
-        py::arg("fast_tol"), py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"));
+  def_dense<float>(m, "partials_dense_f32");
+  def_dense<double>(m, "partials_dense_f64");
 }
 
 }  // namespace nnscore
