@@ -13,12 +13,21 @@ from __future__ import annotations
 
 import logging as _logging
 
-from . import schedules
+from . import metrics, schedules
 from ._info import __version__, show_versions
 from .backends import HAS_CORE, available_backends
 from .exceptions import BackendUnavailableError, FallbackWarning, NNScoreWarning, PrecisionWarning
 from .partials import Partial, merge, reduce_partials
-from .scores import EmpiricalScore, ScoreModel, ScoreResult
+from .scores import (
+    AnisotropicGaussianKernel,
+    EmpiricalScore,
+    GaussianKernel,
+    KDEScore,
+    ScoreModel,
+    ScoreResult,
+    SmoothedScore,
+    TemperedScore,
+)
 from .scores.shards import finalize, partial_reduce
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
@@ -41,4 +50,10 @@ __all__ = [
     "EmpiricalScore",
     "ScoreModel",
     "ScoreResult",
+    "SmoothedScore",
+    "KDEScore",
+    "TemperedScore",
+    "GaussianKernel",
+    "AnisotropicGaussianKernel",
+    "metrics",
 ]

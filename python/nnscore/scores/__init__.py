@@ -1,6 +1,19 @@
 """Score models: the ``evaluate(x, t) -> ScoreResult`` contract and its implementations."""
 from .base import ScoreModel
+from .density import KDEScore, TemperedScore
 from .empirical import EmpiricalScore
+from .kernels import AnisotropicGaussianKernel, GaussianKernel, Kernel
 from .result import ScoreResult
+from .smoothed import SmoothedScore
 
-__all__ = ["ScoreModel", "EmpiricalScore", "ScoreResult"]
+__all__ = [
+    "ScoreModel",
+    "EmpiricalScore",
+    "ScoreResult",
+    "SmoothedScore",
+    "KDEScore",
+    "TemperedScore",
+    "Kernel",
+    "GaussianKernel",
+    "AnisotropicGaussianKernel",
+]
