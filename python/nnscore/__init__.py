@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging as _logging
 
-from . import metrics, schedules
+from . import datasets, metrics, sampling, schedules
 from ._info import __version__, show_versions
 from .backends import HAS_CORE, available_backends
 from .exceptions import BackendUnavailableError, FallbackWarning, NNScoreWarning, PrecisionWarning
 from .partials import Partial, merge, reduce_partials
+from .sampling import sample
 from .scores import (
     AnisotropicGaussianKernel,
     EmpiricalScore,
@@ -56,4 +57,7 @@ __all__ = [
     "GaussianKernel",
     "AnisotropicGaussianKernel",
     "metrics",
+    "datasets",
+    "sampling",
+    "sample",
 ]

@@ -1,4 +1,5 @@
-"""Command line: ``nnscore info``.  Results go to stdout, errors exit non-zero with one line."""
+"""Command line: ``nnscore info`` and ``nnscore demo``.  Results go to stdout, errors exit non-zero
+with one line; a demo whose criteria fail exits with status 2."""
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,79 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) >= 1e4 or abs(v) < 1e-3:
+            return f"{v:.2e}"
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
+
+
+def _print_table(columns, rows, file) -> None:
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=file)
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=file)
+
+
+def _cmd_demo(args) -> int:
+    from pathlib import Path
+
+    from . import demos
+
+    if args.list:
+        for name, fn in demos.DEMOS.items():
+            summary = (fn.__doc__ or "").strip().splitlines()[0]
+            print(f"{name:12s} {summary}")
+        return 0
+    name = args.name or demos.DEFAULT_DEMO
+    if name not in demos.DEMOS:
+        raise ValueError(f"unknown demo {name!r}; `nnscore demo --list` shows the available ones")
+    out = Path(args.out) if args.out else Path(f"nnscore-demo-{name}.png")
+    if args.out and out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    result = demos.run_demo(name, seed=args.seed, progress=None if args.progress else False)
+    log = sys.stderr if args.json else sys.stdout
+    if result.panels:
+        from ._png import write_scatter_png
+
+        write_scatter_png(out, result.panels)
+    if args.json:
+        payload = result.to_dict()
+        payload["figure"] = str(out) if result.panels else None
+        print(json.dumps(payload, indent=2, default=float))
+    else:
+        print(f"nnscore demo {name}: {result.description}\n", file=log)
+        _print_table(result.columns, result.rows, log)
+        print("", file=log)
+        for c in result.criteria:
+            print(f"[{'PASS' if c.passed else 'FAIL'}] {c.name}: {_fmt(c.value)}", file=log)
+        if result.panels:
+            print(f"\nfigure: {out} ({', '.join(result.panel_titles)})", file=log)
+        print(f"\n{'all criteria passed' if result.passed else 'some criteria FAILED'}", file=log)
+    return 0 if result.passed else 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnscore", description="Exact and smoothed empirical diffusion scores.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_info = sub.add_parser("info", help="version, compiled backends, SIMD level, threads, dependencies")
     p_info.add_argument("--json", action="store_true", help="machine-readable output")
     p_info.set_defaults(func=_cmd_info)
+    p_demo = sub.add_parser("demo", help="run a phenomenon of the science (default: smoothing on a circle)")
+    p_demo.add_argument("name", nargs="?", help="demo name (see --list)")
+    p_demo.add_argument("--list", action="store_true", help="list the demos")
+    p_demo.add_argument("--seed", type=int, default=0)
+    p_demo.add_argument("--out", help="PNG path (default: nnscore-demo-<name>.png in the current folder)")
+    p_demo.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p_demo.add_argument("--json", action="store_true", help="print the results as JSON")
+    p_demo.add_argument("--progress", action="store_true", help="show progress bars")
+    p_demo.set_defaults(func=_cmd_demo)
     return parser
 
 
