@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging as _logging
 
-from . import datasets, metrics, sampling, schedules
+from . import datasets, metrics, plotting, sampling, schedules
 from ._info import __version__, show_versions
 from .backends import HAS_CORE, available_backends
 from .exceptions import BackendUnavailableError, FallbackWarning, NNScoreWarning, PrecisionWarning
@@ -60,4 +60,5 @@ __all__ = [
     "datasets",
     "sampling",
     "sample",
+    "plotting",
 ]
