@@ -1,9 +1,18 @@
-"""Memorisation, novelty and manifold metrics of generated samples (science.md §4.7).
+"""Memorisation, novelty, manifold, coverage and likelihood metrics (science.md §4.7).
 
 Nearest-neighbour queries go through faiss (exact flat index, distances recomputed in float64);
 no samples x training matrix is ever formed.
 """
-from .manifold import distance_to_manifold, lateral_novelty, uniformity_circle
+from .likelihood import log_likelihood
+from .manifold import (
+    coverage,
+    distance_to_manifold,
+    fill_distance,
+    lateral_novelty,
+    n_eff_summary,
+    score_error_split,
+    uniformity_circle,
+)
 from .memorization import (
     NearestTrain,
     median_nn_spacing,
@@ -23,4 +32,9 @@ __all__ = [
     "distance_to_manifold",
     "lateral_novelty",
     "uniformity_circle",
+    "fill_distance",
+    "coverage",
+    "score_error_split",
+    "n_eff_summary",
+    "log_likelihood",
 ]
