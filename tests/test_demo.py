@@ -61,3 +61,13 @@ def test_unknown_demo():
     proc = run_cli("no-such-demo")
     assert proc.returncode == 1
     assert "no-such-demo" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["rate-separation", "geometric-bias"])
+def test_demo_deterministic(name):
+    def strip(rows):  # timings differ between runs
+        return [{k: v for k, v in row.items() if k != "time s"} for row in rows]
+
+    a, b = demos.run_demo(name), demos.run_demo(name)
+    assert strip(a.rows) == strip(b.rows)
+    assert [c.value for c in a.criteria] == [c.value for c in b.criteria]
