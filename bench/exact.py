@@ -93,7 +93,7 @@ def main(argv=None):
         torch = None
     info = ns._info.info_dict()
     core = info.get("core") or {}
-    sgemm = common.quick_sgemm_gflops()
+    sgemm = max(common.quick_sgemm_gflops() for _ in range(3))  # best of 3: the first can lose to thread start-up
     print(f"# nnscore {ns.__version__} simd={core.get('simd_used')} compiler={core.get('compiler')} "
           f"threads={args.threads}; numpy sgemm {sgemm:.1f} GFLOP/s; torch {info['torch']}", flush=True)
 
