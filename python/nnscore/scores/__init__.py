@@ -3,6 +3,7 @@ from .base import ScoreModel
 from .density import KDEScore, TemperedScore
 from .empirical import EmpiricalScore
 from .kernels import AnisotropicGaussianKernel, GaussianKernel, Kernel
+from .piecewise import PiecewiseLinearScore
 from .result import ScoreResult
 from .smoothed import SmoothedScore
 
@@ -16,4 +17,5 @@ __all__ = [
     "Kernel",
     "GaussianKernel",
     "AnisotropicGaussianKernel",
+    "PiecewiseLinearScore",
 ]
