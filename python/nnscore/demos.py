@@ -539,8 +539,187 @@ def demo_geometric_bias(n_train=30, hs=(0.1, 0.25, 1.0), n_samples=400, steps=80
     )
 
 
+def _normal_cdf(z) -> np.ndarray:
+    from math import erf, sqrt
+
+    return np.array([0.5 * (1.0 + erf(float(v) / sqrt(2.0))) for v in np.ravel(z)]).reshape(np.shape(z))
+
+
+def demo_chen(kappa=1.0, t0=0.25, n_samples=200_000, n_bins=10, steps=40, seed=0, progress=False) -> DemoResult:
+    """CHEN: the smoothed piecewise-linear score interpolates between two points; the exact one does not.
+
+    science.md §5 item 7 / §4.2 C1: training points y = +-1 in d = 1, VE with CHEN's variance
+    time t = sigma^2 (nnscore's VE t is sigma).  ``n_samples`` starts x ~ p_t0 = (N(-1, t0) +
+    N(1, t0))/2 are carried to t = 0 by the probability-flow ODE (x' = -s/2 in t, i.e.
+    dx/dsigma = (x - D)/sigma; Heun, ``steps`` geometric steps from sigma = sqrt(t0) to 1e-3 then
+    to 0) under (a) the smoothed PL-ESF (2.2) with delta_t = kappa sqrt(t) and (b) the exact ESF
+    (tanh form, EmpiricalScore).  Prediction (2.4): atoms a = [Phi(kappa) + Phi(kappa - 2/sqrt(t0))]/2
+    at each of +-1 and the density (1 - delta0) p_t0((1 - delta0) y) on (-1, 1), delta0 =
+    kappa sqrt(t0) (kappa = 1, t0 = 0.25: interior mass 0.157).  Criteria: atom masses, the
+    interior mass and each of ``n_bins`` interior histogram bins within 3 binomial MC standard
+    errors of (2.4); every smoothed endpoint within 1e-9 of the flow map (2.3); the exact ESF puts
+    no mass in the interior (|y| < 1 - 1e-6).
+    """
+    import nnscore as ns
+
+    from . import sampling
+    from .scores.piecewise import PiecewiseLinearScore
+
+    delta0 = kappa * np.sqrt(t0)
+    if not 0.0 < delta0 < 1.0:
+        raise ValueError(f"kappa: the demo needs delta0 = kappa sqrt(t0) in (0, 1), got {delta0:g}")
+    rng = np.random.default_rng(seed)
+    s0 = float(np.sqrt(t0))
+    x0 = np.where(rng.random(n_samples) < 0.5, -1.0, 1.0) + s0 * rng.standard_normal(n_samples)
+    train = np.array([[-1.0], [1.0]])
+    ts = ns.schedules.VE().grid(steps, kind="geometric", sigma_min=1e-3, sigma_max=s0)
+    models = (("smoothed PL-ESF", PiecewiseLinearScore(train, kappa), "orange"),
+              ("exact ESF", ns.EmpiricalScore(train), "blue"))  # fmt: skip
+    ends, times = {}, {}
+    for label, model, _ in models:
+        t_start = time.perf_counter()
+        ends[label] = sampling.heun(model, x0[:, None], ts, progress=progress)[:, 0]
+        times[label] = time.perf_counter() - t_start
+
+    tol = 1e-6
+    a_pred = 0.5 * float(np.sum(_normal_cdf(np.array([kappa, kappa - 2.0 / s0]))))
+    edges = np.linspace(-1.0, 1.0, n_bins + 1)
+
+    def mixture_cdf(x):  # CDF of p_t0
+        return 0.5 * (_normal_cdf((x + 1.0) / s0) + _normal_cdf((x - 1.0) / s0))
+
+    bin_pred = np.diff(mixture_cdf((1.0 - delta0) * edges))  # endpoint y = x0/(1 - delta0) in the middle region
+    rows, zs = [], {"atoms": [], "interior": [], "bins": []}
+
+    def add(label, key, measured, predicted):
+        se = float(np.sqrt(max(predicted * (1.0 - predicted), 1e-300) / n_samples))
+        z = (measured - predicted) / se
+        zs[key].append(abs(z))
+        rows.append({"quantity": label, "measured": measured, "predicted (2.4)": predicted, "MC s.e.": se, "z": z})
+
+    y = ends["smoothed PL-ESF"]
+    interior = np.abs(y) < 1.0 - tol
+    add("smoothed: atom at -1", "atoms", float(np.mean(np.abs(y + 1.0) <= tol)), a_pred)
+    add("smoothed: atom at +1", "atoms", float(np.mean(np.abs(y - 1.0) <= tol)), a_pred)
+    add("smoothed: interior mass", "interior", float(np.mean(interior)), 1.0 - 2.0 * a_pred)
+    counts = np.histogram(y[interior], bins=edges)[0] / n_samples
+    for lo, hi, c, p in zip(edges[:-1], edges[1:], counts, bin_pred):
+        add(f"smoothed: interior bin [{lo:+.1f}, {hi:+.1f})", "bins", float(c), float(p))
+    flow_map = np.where(np.abs(x0) < 1.0 - delta0, x0 / (1.0 - delta0), np.sign(x0))
+    flow_err = float(np.max(np.abs(y - flow_map)))
+    ye = ends["exact ESF"]
+    esf_interior = float(np.mean(np.abs(ye) < 1.0 - tol))
+    rows.append({"quantity": "smoothed: max |endpoint - flow map (2.3)|", "measured": flow_err,
+                 "predicted (2.4)": 0.0, "MC s.e.": None, "z": None})  # fmt: skip
+    rows.append({"quantity": "exact ESF: atom at +1", "measured": float(np.mean(np.abs(ye - 1.0) <= tol)),
+                 "predicted (2.4)": 0.5, "MC s.e.": float(np.sqrt(0.25 / n_samples)), "z": None})  # fmt: skip
+    rows.append({"quantity": "exact ESF: interior mass", "measured": esf_interior, "predicted (2.4)": 0.0,
+                 "MC s.e.": None, "z": None})  # fmt: skip
+    for label, _, _ in models:
+        rows.append({"quantity": f"{label}: time s", "measured": times[label], "predicted (2.4)": None,
+                     "MC s.e.": None, "z": None})  # fmt: skip
+    criteria = [
+        _check("smoothed: max |z| of the two atom masses", max(zs["atoms"]), 3.0, "<="),
+        _check("smoothed: |z| of the interior mass", max(zs["interior"]), 3.0, "<="),
+        _check(f"smoothed: max |z| over {n_bins} interior histogram bins", max(zs["bins"]), 3.0, "<="),
+        _check("smoothed: max |endpoint - flow map (2.3)|", flow_err, 1e-9, "<="),
+        _check("exact ESF: interior mass", esf_interior, 0.0, "<="),
+    ]
+    sub = slice(0, min(n_samples, 4000))
+    panels = [[(np.stack([x0[sub], ends[label][sub]], 1), colour, 1)] for label, _, colour in models]
+    return DemoResult(
+        "chen",
+        f"CHEN interpolation law: y = +-1 (d = 1), VE with t = sigma^2, kappa={kappa:g}, t0={t0:g} (delta0={delta0:g}); "
+        f"{n_samples} starts from p_t0, Heun PF-ODE {steps} steps (sigma {s0:g} -> 1e-3 -> 0); "
+        f"smoothed PL-ESF (2.2) vs exact ESF; prediction (2.4): atoms {a_pred:.5f} each, interior {1 - 2 * a_pred:.5f}",
+        ["quantity", "measured", "predicted (2.4)", "MC s.e.", "z"],
+        rows,
+        criteria,
+        panels,
+        ["smoothed PL-ESF: (start x0, endpoint)", "exact ESF: (start x0, endpoint)"],
+    )
+
+
+def _moons(n, noise, rng):
+    """Two interleaving half circles (numpy only): the first ceil(n/2) points on the upper arc."""
+    n1 = (n + 1) // 2
+    n2 = n - n1
+    a1 = np.pi * rng.random(n1)
+    a2 = np.pi * rng.random(n2)
+    upper = np.stack([np.cos(a1), np.sin(a1)], 1)
+    lower = np.stack([1.0 - np.cos(a2), 0.5 - np.sin(a2)], 1)
+    return np.concatenate([upper, lower]) + noise * rng.standard_normal((n, 2))
+
+
+def _distinct_outputs(x, train, tol=1e-9) -> int:
+    """Upper bound on the distinct rows of ``x``: training points hit (within tol) + all other rows."""
+    from . import metrics
+
+    nearest = metrics.nearest_train(x, train, k=1)
+    on_train = nearest.d1 <= tol
+    return int(np.unique(nearest.idx[on_train, 0]).size + np.count_nonzero(~on_train))
+
+
+def demo_cfdm(toy="moons", n_train=50, sigma=0.4, n_draws=2, mode="fixed", n_samples=1000, steps=200, t_start=0.95,
+              sigma_min=1e-9, seed=0, progress=False) -> DemoResult:  # fmt: skip
+    """sigma-CFDM with fixed draws returns barycentres of M-tuples of training points (science.md §2.1.6).
+
+    Moons toy (two half circles + 0.05 noise), N=50; CFDM schedule (a = t, s = 1 - t), exact start
+    z_T ~ rho_T at T = t_start, Euler on dz/dt = (Dbar - z)/(1 - t) to t = 1 on a geometric grid
+    in 1 - t (sigma~ from (1 - T)/T down to ``sigma_min``, then the final step to t = 1).  The field
+    contracts by the factor (1 - t'), so reaching 1 - t ~ 1e-9 lets trajectories settle in their
+    fixed points (a uniform grid in t stops at 1 - t = 1/(20 steps) before the last jump and leaves
+    about 20% of them between cells at 200 steps).  Criteria: >= 99% of the sigma-CFDM samples
+    satisfy z = (1/M) sum_m x_NN(z + sigma eps_m) within 1e-3 (their own fixed draws); the
+    unsmoothed model returns at most N distinct points.
+    """
+    from . import metrics, sampling
+    from .scores.cfdm import CFDMScore
+
+    if toy != "moons":
+        raise ValueError(f"toy: only 'moons' is available, got {toy!r}")
+    train = _moons(n_train, 0.05, np.random.default_rng(seed))
+    sigma_max = (1.0 - t_start) / t_start
+    kw = dict(steps=steps, sampler="cfdm", grid="geometric", sigma_max=sigma_max, sigma_min=sigma_min, rng=seed,
+              start="data", progress=progress)  # fmt: skip
+    rows = []
+    model = CFDMScore(train, sigma, n_draws, mode=mode, rng=seed + 1)
+    t0 = time.perf_counter()
+    xs = sampling.sample(model, n_samples, **kw)
+    ts = time.perf_counter() - t0
+    gap = np.linalg.norm(xs - model.barycentres(xs), axis=1) if mode == "fixed" else None
+    consistent = 100 * float(np.mean(gap <= 1e-3)) if gap is not None else float("nan")
+    novel = 100 * float(np.mean(metrics.nearest_train(xs, train, k=1).d1 > 1e-6))
+    rows.append({"model": f"sigma-CFDM sigma={sigma:g} M={n_draws} ({mode})", "barycentre self-consistent %":
+                 consistent, "distinct outputs": _distinct_outputs(xs, train), "novel (not training) %": novel,
+                 "time s": ts})  # fmt: skip
+    plain = CFDMScore(train, 0.0, 1, rng=seed + 1)
+    t0 = time.perf_counter()
+    xu = sampling.sample(plain, n_samples, **kw)
+    tu = time.perf_counter() - t0
+    distinct_plain = _distinct_outputs(xu, train)
+    novel_plain = 100 * float(np.mean(metrics.nearest_train(xu, train, k=1).d1 > 1e-6))
+    rows.append({"model": "unsmoothed CFDM (sigma=0)", "barycentre self-consistent %": None,
+                 "distinct outputs": distinct_plain, "novel (not training) %": novel_plain, "time s": tu})  # fmt: skip
+    criteria = [_check("unsmoothed: distinct outputs", distinct_plain, n_train, "<=")]
+    if gap is not None:
+        criteria.insert(0, _check("sigma-CFDM: barycentre self-consistent % (within 1e-3)", consistent, 99.0, ">="))
+    panels = [[(train, "black", 3)], [(train, "black", 3), (xs, "red", 1)], [(train, "black", 3), (xu, "blue", 1)]]
+    return DemoResult(
+        "cfdm",
+        f"{toy} toy in R^2, N={n_train}, CFDM schedule, exact start at t={t_start:g}, Euler {steps} steps to t=1 "
+        f"(geometric in 1-t down to {sigma_min:g}), {n_samples} samples, sigma={sigma:g}, M={n_draws}, mode={mode}",
+        ["model", "barycentre self-consistent %", "distinct outputs", "novel (not training) %", "time s"],
+        rows,
+        criteria,
+        panels,
+        ["training points", f"sigma-CFDM (sigma={sigma:g}, M={n_draws})", "unsmoothed CFDM"],
+    )
+
+
 DEMOS = {
     "smoothing": demo_smoothing,
+    "cfdm": demo_cfdm,
     "memorize": demo_memorize,
     "tangential": demo_tangential,
     "early-stop": demo_early_stop,
@@ -548,6 +727,7 @@ DEMOS = {
     "rate-separation": demo_rate_separation,
     "tempered": demo_tempered,
     "geometric-bias": demo_geometric_bias,
+    "chen": demo_chen,
 }
 DEFAULT_DEMO = "smoothing"
 
