@@ -21,6 +21,7 @@ from .partials import Partial, merge, reduce_partials
 from .sampling import sample
 from .scores import (
     AnisotropicGaussianKernel,
+    CFDMScore,
     EmpiricalScore,
     GaussianKernel,
     KDEScore,
@@ -58,6 +59,7 @@ __all__ = [
     "GaussianKernel",
     "AnisotropicGaussianKernel",
     "PiecewiseLinearScore",
+    "CFDMScore",
     "metrics",
     "datasets",
     "sampling",

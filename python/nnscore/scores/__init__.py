@@ -1,5 +1,6 @@
 """Score models: the ``evaluate(x, t) -> ScoreResult`` contract and its implementations."""
 from .base import ScoreModel
+from .cfdm import CFDMScore
 from .density import KDEScore, TemperedScore
 from .empirical import EmpiricalScore
 from .kernels import AnisotropicGaussianKernel, GaussianKernel, Kernel
@@ -18,4 +19,5 @@ __all__ = [
     "GaussianKernel",
     "AnisotropicGaussianKernel",
     "PiecewiseLinearScore",
+    "CFDMScore",
 ]
