@@ -71,3 +71,18 @@ def test_demo_deterministic(name):
     a, b = demos.run_demo(name), demos.run_demo(name)
     assert strip(a.rows) == strip(b.rows)
     assert [c.value for c in a.criteria] == [c.value for c in b.criteria]
+
+
+def test_demo_parameters_from_flags(tmp_path):
+    # science.md's flag names: --N is n_train; values are Python literals
+    proc = run_cli("memorize", "--N", "8", "--n_samples", "50", "--steps", "20", "--json", "--out",
+                   str(tmp_path / "m.png"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "N=8 " in json.loads(proc.stdout)["description"]
+
+
+def test_unknown_demo_parameter():
+    proc = run_cli("memorize", "--bogus", "1")
+    assert proc.returncode == 1
+    assert "bogus" in proc.stderr
+    assert "n_train" in proc.stderr  # the message lists the demo's parameters

@@ -53,7 +53,8 @@ def _cmd_demo(args) -> int:
     out = Path(args.out) if args.out else Path(f"nnscore-demo-{name}.png")
     if args.out and out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    result = demos.run_demo(name, seed=args.seed, progress=None if args.progress else False)
+    params = _demo_params(name, args.demo_params)
+    result = demos.run_demo(name, seed=args.seed, progress=None if args.progress else False, **params)
     log = sys.stderr if args.json else sys.stdout
     if result.panels:
         from ._png import write_scatter_png
@@ -76,12 +77,15 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnscore", description="Exact and smoothed empirical diffusion scores.")
+    parser = argparse.ArgumentParser(prog="nnscore", description="Exact and smoothed empirical diffusion scores.",
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_info = sub.add_parser("info", help="version, compiled backends, SIMD level, threads, dependencies")
+    p_info = sub.add_parser("info", help="version, compiled backends, SIMD level, threads, dependencies",
+                            allow_abbrev=False)
     p_info.add_argument("--json", action="store_true", help="machine-readable output")
     p_info.set_defaults(func=_cmd_info)
-    p_demo = sub.add_parser("demo", help="run a phenomenon of the science (default: smoothing on a circle)")
+    p_demo = sub.add_parser("demo", help="run a phenomenon of the science (default: smoothing on a circle)",
+                            allow_abbrev=False)
     p_demo.add_argument("name", nargs="?", help="demo name (see --list)")
     p_demo.add_argument("--list", action="store_true", help="list the demos")
     p_demo.add_argument("--seed", type=int, default=0)
@@ -89,13 +93,58 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p_demo.add_argument("--json", action="store_true", help="print the results as JSON")
     p_demo.add_argument("--progress", action="store_true", help="show progress bars")
+    p_demo.epilog = ("Any other --key value pair sets a parameter of the demo (e.g. nnscore demo smoothing --h 0.2 "
+                     "--N 12); --N, --M, --d, --n are science.md's names for n_train, n_draws, dim, n_sub.")
     p_demo.set_defaults(func=_cmd_demo)
     return parser
 
 
+#: science.md's demo flags that name a parameter differently (e.g. ``--N 12``, ``--M 2``).
+DEMO_FLAG_ALIASES = {"N": "n_train", "M": "n_draws", "d": "dim", "n": "n_sub"}
+
+
+def _demo_params(name: str, extra: list) -> dict:
+    """``--key value`` pairs after ``nnscore demo NAME`` as keyword arguments of that demo.
+
+    Values are Python literals (``0.2``, ``12``, ``(0.1,0.2)``) or plain strings; unknown
+    parameters are an error listing the ones the demo has.
+    """
+    import ast
+    import inspect
+
+    from . import demos
+
+    params = inspect.signature(demos.DEMOS[name]).parameters
+    allowed = [p for p in params if p not in ("seed", "progress")]
+    out: dict = {}
+    i = 0
+    while i < len(extra):
+        flag = extra[i]
+        if not flag.startswith("--"):
+            raise ValueError(f"unexpected argument {flag!r}")
+        key, _, value = flag[2:].partition("=")
+        if not value:
+            if i + 1 >= len(extra):
+                raise ValueError(f"{flag} needs a value")
+            value = extra[i + 1]
+            i += 1
+        key = DEMO_FLAG_ALIASES.get(key, key).replace("-", "_")
+        if key not in allowed:
+            raise ValueError(f"demo {name!r} has no parameter {key!r}; its parameters: {', '.join(allowed)}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+        i += 1
+    return out
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "demo":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.demo_params = extra
     try:
         return args.func(args)
     except Exception as exc:  # one line, non-zero exit
