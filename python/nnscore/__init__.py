@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging as _logging
 
 from . import datasets, metrics, plotting, sampling, schedules
+from .index import TrainingIndex
 from ._info import __version__, show_versions
 from .backends import HAS_CORE, available_backends
 from .exceptions import BackendUnavailableError, FallbackWarning, NNScoreWarning, PrecisionWarning
@@ -65,4 +66,5 @@ __all__ = [
     "sampling",
     "sample",
     "plotting",
+    "TrainingIndex",
 ]
