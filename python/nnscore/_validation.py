@@ -6,11 +6,36 @@ Precision policy (written once, here): float32 and float64 are kept; integers be
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 
-__all__ = ["as_float_array", "check_finite", "as_sigma", "as_rows"]
+__all__ = ["as_float_array", "check_finite", "as_sigma", "as_rows", "check_int", "check_real"]
+
+
+def check_int(value, name: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``: TypeError for non-integers (bools included), else ValueError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_real(value, name: str, *, positive: bool = False, nonneg: bool = False) -> float:
+    """``value`` as a finite float (optionally > 0 or >= 0): TypeError for non-reals, else ValueError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: must be finite, got {value}")
+    if positive and not value > 0.0:
+        raise ValueError(f"{name}: must be > 0, got {value}")
+    if nonneg and not value >= 0.0:
+        raise ValueError(f"{name}: must be >= 0, got {value}")
+    return value
 
 
 def as_float_array(a, name: str) -> np.ndarray:

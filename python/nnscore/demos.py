@@ -192,8 +192,6 @@ def demo_tangential(dim=50, n_sub=2, n_train=40, h=0.3, sigma=0.5, mc=64, seed=0
     """On flat data the smoothed score differs from the exact one only along the subspace."""
     import nnscore as ns
 
-    from . import sampling
-
     rng = np.random.default_rng(seed)
     basis = np.linalg.qr(rng.standard_normal((dim, n_sub)))[0]  # (d, n) orthonormal columns
     offset = rng.standard_normal(dim)

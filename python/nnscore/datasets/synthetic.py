@@ -63,12 +63,11 @@ Everything here is float64 NumPy; ``rng`` is ``None | int | numpy.random.Generat
 from __future__ import annotations
 
 import math
-import numbers
-import operator
 
 import numpy as np
 
 from .._rng import check_rng
+from .._validation import check_int as _int_arg, check_real as _real_arg
 
 __all__ = [
     "check_rng",
@@ -110,28 +109,6 @@ def _spawn(gen: np.random.Generator, k: int) -> list[np.random.Generator]:
     except (AttributeError, TypeError, ValueError):  # a bit generator without a SeedSequence
         seeds = gen.integers(0, 2**63 - 1, size=k)
         return [np.random.default_rng(int(s)) for s in seeds]
-
-
-def _int_arg(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-    value = operator.index(value)
-    if value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def _real_arg(value, name: str, *, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: must be finite, got {value}")
-    if positive and not value > 0.0:
-        raise ValueError(f"{name}: must be > 0, got {value}")
-    if nonneg and not value >= 0.0:
-        raise ValueError(f"{name}: must be >= 0, got {value}")
-    return value
 
 
 def _points_arg(x, dim: int, name: str = "x") -> np.ndarray:

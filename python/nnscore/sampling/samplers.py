@@ -55,6 +55,8 @@ import numpy as np
 
 from .. import schedules as _schedules
 from .._validation import as_float_array, check_finite
+from .._validation import check_int as _check_int
+from .._validation import check_real as _check_real
 from .noise import (
     GUMBEL_MAX,
     GUMBEL_MIN,
@@ -98,28 +100,6 @@ _BRIDGE_TILE_BYTES = 32 * 2**20
 # ----------------------------------------------------------------------------------------------
 # Argument checking
 # ----------------------------------------------------------------------------------------------
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def _check_real(value, name: str, *, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: must be finite, got {value}")
-    if positive and not value > 0.0:
-        raise ValueError(f"{name}: must be > 0, got {value}")
-    if nonneg and not value >= 0.0:
-        raise ValueError(f"{name}: must be >= 0, got {value}")
-    return value
 
 
 def _check_bool(value, name: str) -> bool:

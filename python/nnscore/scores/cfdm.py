@@ -37,6 +37,7 @@ import threading
 import numpy as np
 
 from .._rng import check_rng
+from .._validation import check_int as _check_int
 from .base import ScoreModel, schedule_coefficients
 from .empirical import EmpiricalScore
 from .kernels import GaussianKernel
@@ -63,15 +64,6 @@ def _is_faiss_index(obj) -> bool:
     return hasattr(obj, "ntotal") and callable(getattr(obj, "reconstruct_n", None)) and callable(
         getattr(obj, "search", None)
     )
-
-
-def _check_int(value, name: str, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer >= {lo}, got {value!r}")
-    value = int(value)
-    if value < lo:
-        raise ValueError(f"{name}: must be >= {lo}, got {value}")
-    return value
 
 
 class CFDMScore(ScoreModel):
@@ -306,22 +298,14 @@ class CFDMScore(ScoreModel):
         return ScoreResult(
             denoised=denoised.astype(out_dtype, copy=False).reshape((n_q, *self.shape)),
             score=score.astype(out_dtype, copy=False).reshape((n_q, *self.shape)),
-            log_density=None,
-            divergence=None,
-            posterior_variance=None,
-            n_eff=None,
-            top1=None,
-            max_weight=None,
             sigma=st,
             backend="faiss",
             mc_stderr=mc_stderr,
-            error_bound=None,
             path=np.full(n_q, "knn-stochastic", dtype=object),
         )
 
     def _knn_denoise(self, y: np.ndarray, st: np.ndarray, gen: np.random.Generator) -> np.ndarray:
         """Stratified (k nearest + L uniform) self-normalised denoiser at VE rows y (B, d)."""
-        n_rows = y.shape[0]
         n_train, k, n_rand = self.n_train, self.k, self.n_random
         _, nbr = self._index.search(np.ascontiguousarray(y, dtype=np.float32), k)
         nbr = nbr.astype(np.int64)

@@ -184,12 +184,6 @@ class PiecewiseLinearScore(ScoreModel):
         return ScoreResult(
             denoised=denoised.astype(out_dtype, copy=False).reshape((m, *self.shape)),
             score=score.astype(out_dtype, copy=False).reshape((m, *self.shape)),
-            log_density=None,
-            divergence=None,
-            posterior_variance=None,
-            n_eff=None,
-            top1=None,
-            max_weight=None,
             sigma=st,
             backend=self.backend,
         )

@@ -10,7 +10,7 @@ from ..partials import Partial, finalize_partial
 __all__ = ["ScoreResult", "result_from_partial"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScoreResult:
     """Everything one evaluation of a score model at (x, t) returns.
 
@@ -50,13 +50,13 @@ class ScoreResult:
 
     denoised: np.ndarray
     score: np.ndarray
-    log_density: np.ndarray | None
-    divergence: np.ndarray | None
-    posterior_variance: np.ndarray | None
-    n_eff: np.ndarray | None
-    top1: np.ndarray | None
-    max_weight: np.ndarray | None
     sigma: np.ndarray
+    log_density: np.ndarray | None = None
+    divergence: np.ndarray | None = None
+    posterior_variance: np.ndarray | None = None
+    n_eff: np.ndarray | None = None
+    top1: np.ndarray | None = None
+    max_weight: np.ndarray | None = None
     backend: str = ""
     mc_stderr: np.ndarray | None = None
     error_bound: np.ndarray | None = None
