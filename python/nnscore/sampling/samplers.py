@@ -332,6 +332,19 @@ class _Run:
     def empty(self) -> np.ndarray:
         return np.empty(self.y.shape, dtype=self.out_dtype)
 
+    def march(self, step) -> np.ndarray:
+        """Run ``y = step(j, y, sigma_j, sigma_{j+1})`` along the grid: the loop every grid
+        sampler shares (empty batches, early stopping at ``sigma_min``, the final state)."""
+        if self.n_rows == 0:
+            return self.empty()
+        with self:
+            y = self.y
+            for j in range(self.n_steps):
+                if self.stops_at(j):
+                    return self.finish(j, y)
+                y = step(j, y, float(self.sig[j]), float(self.sig[j + 1]))
+            return self.finish(self.n_steps, y)
+
 
 # ----------------------------------------------------------------------------------------------
 # Steps in (y, sigma~): each implemented once
@@ -372,15 +385,13 @@ def _em_step(y, d, s, s_next, z, add_noise: bool):
 # ----------------------------------------------------------------------------------------------
 
 
-def _euler_loop(run: _Run) -> np.ndarray:
-    y = run.y
-    for j in range(run.n_steps):
-        if run.stops_at(j):
-            return run.finish(j, y)
+def _euler_march(run: _Run) -> np.ndarray:
+    def step(j, y, s, s_next):
         d = run.denoise(y, j)
         run.report(j, y, d)
-        y = _ddim_step(y, d, float(run.sig[j]), float(run.sig[j + 1]))
-    return run.finish(run.n_steps, y)
+        return _ddim_step(y, d, s, s_next)
+
+    return run.march(step)
 
 
 def euler(model, x, ts, *, schedule=None, callback=None, progress=None, rng=None, sigma_min=None,
@@ -410,10 +421,7 @@ def euler(model, x, ts, *, schedule=None, callback=None, progress=None, rng=None
     """
     run = _Run("euler", model, x, ts, schedule=schedule, callback=callback, progress=progress, rng=rng,
                dtype=dtype, float64_state=float64_state, sigma_min=sigma_min, denoise_last=denoise_last)  # fmt: skip
-    if run.n_rows == 0:
-        return run.empty()
-    with run:
-        return _euler_loop(run)
+    return _euler_march(run)
 
 
 def ddim(model, x, ts, *, schedule=None, callback=None, progress=None, rng=None, sigma_min=None,
@@ -427,10 +435,7 @@ def ddim(model, x, ts, *, schedule=None, callback=None, progress=None, rng=None,
     """
     run = _Run("ddim", model, x, ts, schedule=schedule, callback=callback, progress=progress, rng=rng,
                dtype=dtype, float64_state=float64_state, sigma_min=sigma_min, denoise_last=denoise_last)  # fmt: skip
-    if run.n_rows == 0:
-        return run.empty()
-    with run:
-        return _euler_loop(run)
+    return _euler_march(run)
 
 
 def heun(model, x, ts, *, schedule=None, callback=None, progress=None, rng=None, sigma_min=None,
@@ -445,29 +450,23 @@ def heun(model, x, ts, *, schedule=None, callback=None, progress=None, rng=None,
     """
     run = _Run("heun", model, x, ts, schedule=schedule, callback=callback, progress=progress, rng=rng,
                dtype=dtype, float64_state=float64_state, sigma_min=sigma_min, denoise_last=denoise_last)  # fmt: skip
-    if run.n_rows == 0:
-        return run.empty()
-    with run:
-        y = run.y
-        for j in range(run.n_steps):
-            if run.stops_at(j):
-                return run.finish(j, y)
-            s, s_next = float(run.sig[j]), float(run.sig[j + 1])
-            d = run.denoise(y, j)
-            run.report(j, y, d)
-            y_e = _ddim_step(y, d, s, s_next)
-            if s_next == 0.0:
-                y = y_e
-                continue
-            d_e = run.denoise(y_e, j + 1)
-            slope = y - d
-            slope *= 1.0 / s
-            slope_e = y_e - d_e
-            slope_e *= 1.0 / s_next
-            slope += slope_e
-            slope *= 0.5 * (s_next - s)
-            y = y + slope
-        return run.finish(run.n_steps, y)
+
+    def step(j, y, s, s_next):
+        d = run.denoise(y, j)
+        run.report(j, y, d)
+        y_e = _ddim_step(y, d, s, s_next)
+        if s_next == 0.0:
+            return y_e
+        d_e = run.denoise(y_e, j + 1)
+        slope = y - d
+        slope *= 1.0 / s
+        slope_e = y_e - d_e
+        slope_e *= 1.0 / s_next
+        slope += slope_e
+        slope *= 0.5 * (s_next - s)
+        return y + slope
+
+    return run.march(step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -495,19 +494,14 @@ def euler_maruyama(model, x, ts, *, schedule=None, callback=None, progress=None,
     noise_last = _check_bool(noise_last, "noise_last")
     run = _Run("euler_maruyama", model, x, ts, schedule=schedule, callback=callback, progress=progress, rng=rng,
                dtype=dtype, float64_state=float64_state, sigma_min=sigma_min, denoise_last=denoise_last)  # fmt: skip
-    if run.n_rows == 0:
-        return run.empty()
-    with run:
-        y = run.y
-        for j in range(run.n_steps):
-            if run.stops_at(j):
-                return run.finish(j, y)
-            s, s_next = float(run.sig[j]), float(run.sig[j + 1])
-            d = run.denoise(y, j)
-            run.report(j, y, d)
-            add = s_next > 0.0 or noise_last
-            y = _em_step(y, d, s, s_next, run.normal(j) if add else None, add)
-        return run.finish(run.n_steps, y)
+
+    def step(j, y, s, s_next):
+        d = run.denoise(y, j)
+        run.report(j, y, d)
+        add = s_next > 0.0 or noise_last
+        return _em_step(y, d, s, s_next, run.normal(j) if add else None, add)
+
+    return run.march(step)
 
 
 def _langevin_step(y, d, s, z, r, per_sample: bool):
@@ -571,24 +565,20 @@ def predictor_corrector(model, x, ts, *, schedule=None, callback=None, progress=
     run = _Run("predictor_corrector", model, x, ts, schedule=schedule, callback=callback, progress=progress,
                rng=rng, dtype=dtype, float64_state=float64_state, sigma_min=sigma_min,
                denoise_last=denoise_last)  # fmt: skip
-    if run.n_rows == 0:
-        return run.empty()
-    with run:
-        y = run.y
-        for j in range(run.n_steps):
-            if run.stops_at(j):
-                return run.finish(j, y)
-            s, s_next = float(run.sig[j]), float(run.sig[j + 1])
-            d = run.denoise(y, j)
-            run.report(j, y, d)
-            add = s_next > 0.0 or noise_last
-            y = _em_step(y, d, s, s_next, run.normal(j) if add else None, add)
-            if s_next == 0.0:
-                continue
-            for k in range(n_corrector):
-                d = run.denoise(y, j + 1)
-                y = _langevin_step(y, d, s_next, run.normal(j, TAG_CORRECTOR + k), r, snr_norm == "sample")
-        return run.finish(run.n_steps, y)
+
+    def step(j, y, s, s_next):
+        d = run.denoise(y, j)
+        run.report(j, y, d)
+        add = s_next > 0.0 or noise_last
+        y = _em_step(y, d, s, s_next, run.normal(j) if add else None, add)
+        if s_next == 0.0:
+            return y
+        for k in range(n_corrector):
+            d = run.denoise(y, j + 1)
+            y = _langevin_step(y, d, s_next, run.normal(j, TAG_CORRECTOR + k), r, snr_norm == "sample")
+        return y
+
+    return run.march(step)
 
 
 def tempered_langevin(model, x, ts, *, schedule=None, callback=None, progress=None, rng=None, sigma=None,
@@ -848,27 +838,22 @@ def exact_bridge(model, x, ts, *, schedule=None, callback=None, progress=None, r
     if run.n_rows == 0:
         return run.empty()
     _start_from_data(run, data, start)
-    with run:
-        y = run.y
-        rows = run.n_rows
-        for j in range(run.n_steps):
-            if run.stops_at(j):
-                return run.finish(j, y)
-            s, s_next = float(run.sig[j]), float(run.sig[j + 1])
-            idx = data.draw_posterior(y.reshape(rows, -1), s, run.noise, j, chunk)
-            xi = data.points[idx].reshape(y.shape)
-            run.report(j, y, xi)
-            if s_next == 0.0:
-                y = xi.astype(run.work, copy=True)
-                continue
-            r = s_next / s
-            base = xi.astype(run.work, copy=True)
-            diff = y - base
-            diff *= r * r
-            base += diff
-            base += (s_next * math.sqrt((1.0 - r) * (1.0 + r))) * run.normal(j)
-            y = base
-        return run.finish(run.n_steps, y)
+
+    def step(j, y, s, s_next):
+        idx = data.draw_posterior(y.reshape(run.n_rows, -1), s, run.noise, j, chunk)
+        xi = data.points[idx].reshape(y.shape)
+        run.report(j, y, xi)
+        if s_next == 0.0:
+            return xi.astype(run.work, copy=True)
+        r = s_next / s
+        base = xi.astype(run.work, copy=True)
+        diff = y - base
+        diff *= r * r
+        base += diff
+        base += (s_next * math.sqrt((1.0 - r) * (1.0 + r))) * run.normal(j)
+        return base
+
+    return run.march(step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -905,24 +890,21 @@ def cfdm(model, x, ts, *, schedule=None, callback=None, progress=None, rng=None,
         return run.empty()
     if data is not None:
         _start_from_data(run, data, start)
-    with run:
-        y = run.y
-        for j in range(run.n_steps):
-            if run.stops_at(j):
-                return run.finish(j, y)
-            s, s_next = float(run.sig[j]), float(run.sig[j + 1])
-            d = run.denoise(y, j)
-            run.report(j, y, d)
-            t_c = 1.0 / (1.0 + s)  # CFDM time of sigma~ = (1 - t)/t
-            t_next = 1.0 / (1.0 + s_next)
-            one_minus_t = s / (1.0 + s)  # 1 - t without cancellation
-            dt = (s - s_next) / ((1.0 + s) * (1.0 + s_next))  # t' - t without cancellation
-            z = y * t_c
-            vel = d - z
-            vel *= dt / one_minus_t
-            z += vel
-            y = z / t_next if t_next != 1.0 else z
-        return run.finish(run.n_steps, y)
+
+    def step(j, y, s, s_next):
+        d = run.denoise(y, j)
+        run.report(j, y, d)
+        t_c = 1.0 / (1.0 + s)  # CFDM time of sigma~ = (1 - t)/t
+        t_next = 1.0 / (1.0 + s_next)
+        one_minus_t = s / (1.0 + s)  # 1 - t without cancellation
+        dt = (s - s_next) / ((1.0 + s) * (1.0 + s_next))  # t' - t without cancellation
+        z = y * t_c
+        vel = d - z
+        vel *= dt / one_minus_t
+        z += vel
+        return z / t_next if t_next != 1.0 else z
+
+    return run.march(step)
 
 
 def flow_euler(model, x, ts, *, schedule=None, callback=None, progress=None, rng=None, sigma_min=None,
@@ -937,25 +919,20 @@ def flow_euler(model, x, ts, *, schedule=None, callback=None, progress=None, rng
     """
     run = _Run("flow_euler", model, x, ts, schedule=schedule, callback=callback, progress=progress, rng=rng,
                dtype=dtype, float64_state=float64_state, sigma_min=sigma_min, denoise_last=denoise_last)  # fmt: skip
-    if run.n_rows == 0:
-        return run.empty()
-    with run:
-        y = run.y
-        for j in range(run.n_steps):
-            if run.stops_at(j):
-                return run.finish(j, y)
-            s, s_next = float(run.sig[j]), float(run.sig[j + 1])
-            d = run.denoise(y, j)
-            run.report(j, y, d)
-            t_f = s / (1.0 + s)
-            a_f, a_next = 1.0 / (1.0 + s), 1.0 / (1.0 + s_next)  # 1 - t without cancellation
-            dt = (s_next - s) / ((1.0 + s) * (1.0 + s_next))
-            xf = y * a_f
-            vel = xf - d
-            vel *= dt / t_f
-            xf += vel
-            y = xf / a_next if a_next != 1.0 else xf
-        return run.finish(run.n_steps, y)
+
+    def step(j, y, s, s_next):
+        d = run.denoise(y, j)
+        run.report(j, y, d)
+        t_f = s / (1.0 + s)
+        a_f, a_next = 1.0 / (1.0 + s), 1.0 / (1.0 + s_next)  # 1 - t without cancellation
+        dt = (s_next - s) / ((1.0 + s) * (1.0 + s_next))
+        xf = y * a_f
+        vel = xf - d
+        vel *= dt / t_f
+        xf += vel
+        return xf / a_next if a_next != 1.0 else xf
+
+    return run.march(step)
 
 
 #: Sampler functions by name.
