@@ -7,6 +7,7 @@ run raises :class:`~nnscore.exceptions.BackendUnavailableError` with the reason.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 
@@ -137,11 +138,17 @@ def resolve(backend: str = "auto") -> str:
     return backend
 
 
+@functools.lru_cache(maxsize=1)
+def _detected_simd_level() -> int:
+    # build_info() assembles a dict of strings: once per process, not once per kernel call
+    return int(_core.build_info()["simd_detected_index"])
+
+
 def simd_level() -> int:
     """SIMD level index for the cpp kernels: detected, lowered by NNSCORE_SIMD_LEVEL if set."""
     if not HAS_CORE:
         return 0
-    level = int(_core.build_info()["simd_detected_index"])
+    level = _detected_simd_level()
     forced = os.environ.get("NNSCORE_SIMD_LEVEL")
     if forced:
         if forced not in SIMD_LEVELS:
