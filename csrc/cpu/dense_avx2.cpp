@@ -2,3 +2,4 @@
 #define NNSCORE_VBYTES 32
 #define NNSCORE_ISA_NS avx2
 #include "dense_kernel.inc"
+#include "segments_kernel.inc"

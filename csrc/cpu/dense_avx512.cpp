@@ -2,3 +2,4 @@
 #define NNSCORE_VBYTES 64
 #define NNSCORE_ISA_NS avx512
 #include "dense_kernel.inc"
+#include "segments_kernel.inc"

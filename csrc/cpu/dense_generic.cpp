@@ -2,3 +2,4 @@
 #define NNSCORE_VBYTES 16
 #define NNSCORE_ISA_NS generic
 #include "dense_kernel.inc"
+#include "segments_kernel.inc"

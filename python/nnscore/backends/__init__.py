@@ -16,7 +16,7 @@ import numpy as np
 from ..exceptions import BackendUnavailableError
 from ..partials import Partial, empty_partial
 from . import numba_kernels
-from .reference import partials_dense_reference
+from .reference import partials_dense_reference, partials_segments_reference
 
 try:  # the compiled core is optional at import: a failed build still imports (Numba fallback)
     from .. import _core  # type: ignore[attr-defined]
@@ -35,6 +35,8 @@ __all__ = [
     "backend_status",
     "resolve",
     "partials_dense",
+    "partials_segments",
+    "Segments",
     "SIMD_LEVELS",
     "simd_level",
 ]
@@ -166,9 +168,12 @@ def partials_dense(
     *,
     level: int | None = None,
     diagnostics: dict | None = None,
+    fast_tol: float | None = None,
 ) -> Partial:
     """Partials of queries ``y`` (M, D), same dtype as ``data.points``, over all training points.
 
+    ``fast_tol`` (cpp only) lowers the GEMM-form logit error target below :data:`FAST_TOL`
+    (more terms are recomputed exactly; never raised above it).
     ``log_mass`` of the result is set from ``data``; ``top1`` indexes ``data.points``.
     ``diagnostics``, when a dict, receives ``n_exact`` (terms recomputed in difference form).
     """
@@ -184,7 +189,7 @@ def partials_dense(
         kernel(
             y, data.points, data.half_sqnorm, data.log_w, data.center, sigma,
             m, z, v, q, z2, top1, n_exact,
-            data.radius, FAST_TOL[data.points.dtype], float(np.log(data.n_points)) + SKIP_MARGIN[data.points.dtype],
+            data.radius, min(FAST_TOL[data.points.dtype], fast_tol or np.inf), float(np.log(data.n_points)) + SKIP_MARGIN[data.points.dtype],
             n_threads, simd_level() if level is None else level,
         )  # fmt: skip
         if diagnostics is not None:
@@ -197,3 +202,78 @@ def partials_dense(
     else:
         raise ValueError(f"backend: unknown backend {backend!r}")
     return Partial(m=p.m + data.log_w_shift, z=p.z, v=p.v, q=p.q, z2=p.z2, top1=p.top1, log_mass=data.log_mass)
+
+
+@dataclass(frozen=True, eq=False)
+class Segments:
+    """Per-query lists of contiguous row ranges of a points array (CSR layout, int64).
+
+    Query i owns segments ``offsets[i] .. offsets[i+1]-1``; segment g covers rows
+    ``start[g] .. start[g] + length[g] - 1``.  A kNN list is segments of length 1
+    (:meth:`from_ids`); an IVF cell of a cell-sorted array is one segment.
+    """
+
+    offsets: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+
+    @classmethod
+    def from_ids(cls, ids: np.ndarray) -> "Segments":
+        """One length-1 segment per entry of ``ids`` (M, k) (every id must be a valid row)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        n_q, k = ids.shape
+        return cls(np.arange(n_q + 1, dtype=np.int64) * k, np.ascontiguousarray(ids).reshape(-1),
+                   np.ones(n_q * k, dtype=np.int64))
+
+    @property
+    def n_queries(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    def counts(self) -> np.ndarray:
+        """Rows per query (M,)."""
+        per_seg = np.concatenate([[0], np.cumsum(self.length)])
+        return per_seg[self.offsets[1:]] - per_seg[self.offsets[:-1]]
+
+
+def partials_segments(
+    backend: str,
+    y: np.ndarray,
+    sigma: np.ndarray,
+    points: np.ndarray,
+    log_w: np.ndarray | None,
+    segments: Segments,
+    n_threads: int,
+    *,
+    log_w_shift: float = 0.0,
+    log_mass: float = 0.0,
+    level: int | None = None,
+) -> Partial:
+    """Exact partials of query i (rows of ``y``, dtype of ``points``) over its segments' rows.
+
+    Every logit is computed in float64 difference form (no GEMM-form selection: the subsets are
+    small), so the result is exact up to float64 rounding.  ``log_w`` is aligned with ``points``
+    (shifted by ``log_w_shift``, added back to ``m``); ``log_mass`` is copied into the partial.
+    ``top1`` indexes ``points``; a query with no positive-weight row gets the empty partial.
+    """
+    n_q, dim = y.shape[0], points.shape[1]
+    if n_q == 0:
+        return dataclasses.replace(empty_partial(0, dim), log_mass=log_mass)
+    if backend == "cpp":
+        m, z, q, z2 = (np.empty(n_q) for _ in range(4))
+        v = np.empty((n_q, dim))
+        top1 = np.empty(n_q, dtype=np.int64)
+        kernel = _core.partials_segments_f32 if points.dtype == np.float32 else _core.partials_segments_f64
+        kernel(
+            y, points, log_w, sigma, segments.offsets, segments.start, segments.length,
+            m, z, v, q, z2, top1, float(np.log(points.shape[0])) + SKIP_MARGIN[points.dtype],
+            n_threads, simd_level() if level is None else level,
+        )  # fmt: skip
+        p = Partial(m=m, z=z, v=v, q=q, z2=z2, top1=top1)
+    elif backend == "numba":
+        p = numba_kernels.partials_segments_numba(y, points, sigma, log_w, segments.offsets, segments.start,
+                                                  segments.length, n_threads=n_threads)
+    elif backend == "reference":
+        p = partials_segments_reference(y, points, sigma, log_w, segments.offsets, segments.start, segments.length)
+    else:
+        raise ValueError(f"backend: unknown backend {backend!r}")
+    return Partial(m=p.m + log_w_shift, z=p.z, v=p.v, q=p.q, z2=p.z2, top1=p.top1, log_mass=log_mass)

@@ -30,7 +30,7 @@ import numpy as np
 from ..exceptions import BackendUnavailableError
 from ..partials import Partial
 
-__all__ = ["partials_dense_numba", "is_available"]
+__all__ = ["partials_dense_numba", "partials_segments_numba", "is_available"]
 
 #: Terms with ``l_i < m - SKIP_BELOW`` are skipped: ``exp(-746)`` is 0 in float64.
 SKIP_BELOW = 746.0
@@ -179,7 +179,17 @@ def _build_kernels() -> dict:
                 for k in range(d):
                     v[qi, k] = v[qi, k] * sa + cv[c, qi, k] * sb
 
-    return {"by_queries": by_queries, "by_chunks": by_chunks, "merge_chunks": merge_chunks}
+    @njit(parallel=True, cache=False)
+    def by_segments(y, x, lw, has_lw, sigma, offsets, seg_start, seg_len, m, z, v, q, z2, top):
+        """Parallel over queries; query i streams the rows of its segments in order."""
+        for qi in prange(y.shape[0]):
+            s = sigma[qi]
+            for g in range(offsets[qi], offsets[qi + 1]):
+                scan(y, x, lw, has_lw, qi, 2.0 * (s * s), seg_start[g], seg_start[g] + seg_len[g],
+                     m, z, q, z2, top, v, qi)
+
+    return {"by_queries": by_queries, "by_chunks": by_chunks, "merge_chunks": merge_chunks,
+            "by_segments": by_segments}
 
 
 def _get_kernels() -> dict:
@@ -282,6 +292,33 @@ def partials_dense_numba(y, train, sigma, log_weights=None, n_threads=None) -> P
             cm, cz, cv, cq, cz2, ctop = _empty_state((n_chunks, n_q), d)
             kernels["by_chunks"](y, x, lw, has_lw, sigma, n_chunks, cm, cz, cv, cq, cz2, ctop)
             kernels["merge_chunks"](cm, cz, cv, cq, cz2, ctop, m, z, v, q, z2, top)
+    finally:
+        if n_use != prev:
+            numba.set_num_threads(prev)
+    return Partial(m=m, z=z, v=v, q=q, z2=z2, top1=top)
+
+
+def partials_segments_numba(y, points, sigma, log_weights, offsets, seg_start, seg_len, n_threads=None) -> Partial:
+    """Exact partials of query i over the rows of its segments (see ``backends.Segments``).
+
+    Same arithmetic as :func:`partials_dense_numba` (difference form, float64 sums, online
+    rescaling); ``top1`` indexes ``points``.  Parallel over queries: bitwise independent of the
+    thread count.
+    """
+    y, x, sigma, lw, has_lw = _prepare(y, points, sigma, log_weights)
+    n_q, d = y.shape
+    m, z, v, q, z2, top = _empty_state((n_q,), d)
+    if n_q == 0:
+        return Partial(m=m, z=z, v=v, q=q, z2=z2, top1=top)
+    kernels = _get_kernels()
+    import numba
+
+    prev = numba.get_num_threads()
+    n_use = prev if n_threads is None else min(int(n_threads), numba.config.NUMBA_NUM_THREADS)
+    if n_use != prev:
+        numba.set_num_threads(n_use)
+    try:
+        kernels["by_segments"](y, x, lw, has_lw, sigma, offsets, seg_start, seg_len, m, z, v, q, z2, top)
     finally:
         if n_use != prev:
             numba.set_num_threads(prev)

@@ -49,3 +49,22 @@ def partials_dense_reference(y, train, sigma, log_weights=None) -> Partial:
         z2=np.einsum("mn,mn->m", w, w),
         top1=top1,
     )
+
+
+def partials_segments_reference(y, points, sigma, log_weights, offsets, seg_start, seg_len) -> Partial:
+    """Exact float64 partials of query i over the rows of its segments (one query at a time)."""
+    y = np.asarray(y, dtype=np.float64)
+    n_q, dim = y.shape
+    m, z, q, z2 = np.full(n_q, -np.inf), np.zeros(n_q), np.zeros(n_q), np.zeros(n_q)
+    v, top1 = np.zeros((n_q, dim)), np.full(n_q, -1, dtype=np.int64)
+    for i in range(n_q):
+        rows = np.concatenate([np.arange(seg_start[g], seg_start[g] + seg_len[g])
+                               for g in range(offsets[i], offsets[i + 1])] + [np.zeros(0, dtype=np.int64)])
+        if log_weights is not None:
+            rows = rows[np.asarray(log_weights)[rows] > -np.inf]
+        if rows.size == 0:
+            continue
+        p = partials_dense_reference(y[i : i + 1], np.asarray(points)[rows], sigma[i : i + 1],
+                                     None if log_weights is None else np.asarray(log_weights)[rows])
+        m[i], z[i], q[i], z2[i], v[i], top1[i] = p.m[0], p.z[0], p.q[0], p.z2[0], p.v[0], rows[p.top1[0]]
+    return Partial(m=m, z=z, v=v, q=q, z2=z2, top1=top1)

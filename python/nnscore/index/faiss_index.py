@@ -65,6 +65,7 @@ _U32 = 2.0**-24
 _U64 = 2.0**-53
 _R_SLACK = 1e-6  # multiplicative safety on E
 _CHUNK = 4096  # query rows per faiss / recompute block
+_BISECTOR_REFS = 4  # nearest centroids each IVF cell bound is taken against (the best one is kept)
 
 
 def _faiss():
@@ -228,7 +229,7 @@ class TrainingIndex:
         self._ivf = None
         if kind == "ivf":
             ivf = faiss.extract_index_ivf(index)
-            lists, _ = _ivf_lists(faiss, ivf)
+            lists, vecs = _ivf_lists(faiss, ivf)
             cent = ivf.quantizer.reconstruct_n(0, ivf.nlist).astype(np.float64)
             radii = np.zeros(ivf.nlist)
             for lst, ids in enumerate(lists):
@@ -240,6 +241,49 @@ class TrainingIndex:
             self._centroids = cent
             self._radii = radii
             self._empty = np.array([ids.size == 0 for ids in lists])
+            sizes = np.array([ids.size for ids in lists], dtype=np.int64)
+            self._cell_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            self._cell_order = np.concatenate(lists).astype(np.int64)
+            self._cell_slack = self._assignment_slack(faiss, ivf, vecs, lists, cent)
+            del vecs
+
+    def _assignment_slack(self, faiss, ivf, vecs, lists, cent):
+        """(nlist,) s_c >= max over rows x of cell c of ||x - mu_c||^2 - min_{c' != c} ||x - mu_c'||^2.
+
+        A row sits in the cell of (about) its nearest centroid, so s_c is usually <= 0 (stored as
+        0); it is what the bisector bound of :meth:`cell_lower_bounds` must allow for.  From one
+        float32 search of the stored rows for their two nearest centroids (``D1 <= D2``, every
+        reported distance within ``E = C_d (||x~||^2 + max ||mu||^2)`` of the exact one): if the
+        row's own cell is the nearest reported, ``s <= D1 - D2 + 2E`` (every other centroid is at
+        reported distance >= D2); otherwise ``s <= ||x - mu_c||^2 (float64, raised) - D1 + E``.
+        Rows whose quantizer is not flat (or an inexact one) get ``inf``: no bisector bound.
+        """
+        nlist = cent.shape[0]
+        slack = np.zeros(nlist)
+        if not isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat) or nlist < 2:
+            slack[:] = np.inf
+            return slack
+        cell_of = np.empty(self.n, dtype=np.int64)
+        for c, ids in enumerate(lists):
+            cell_of[ids] = c
+        max_cent_sq = float(np.max(np.einsum("ij,ij->i", cent, cent)))
+        g64 = 2.0 * _gamma(self.d + 4, _U64)
+        for s, e in _blocks(self.n, 64 * self.d):
+            v = vecs[s:e]
+            dist, lab = ivf.quantizer.search(v, 2)
+            dist = dist.astype(np.float64)
+            own = cell_of[s:e]
+            xn = np.einsum("ij,ij->i", v.astype(np.float64), v.astype(np.float64))
+            err = self._coef * (xn + max_cent_sq) * 1.01  # x~ vs x: C_d covers the casts too
+            first = lab[:, 0] == own
+            s_row = np.where(first, dist[:, 0] - dist[:, 1] + 2.0 * err, 0.0)
+            if not first.all():
+                rows = np.flatnonzero(~first)
+                diff = v[rows].astype(np.float64) - cent[own[rows]]
+                exact_own = np.einsum("ij,ij->i", diff, diff) * (1.0 + g64) + g64 * xn[rows]
+                s_row[rows] = exact_own - dist[rows, 0] + err[rows]
+            np.maximum.at(slack, own, s_row)
+        return np.maximum(slack, 0.0)
 
     @classmethod
     def from_faiss(cls, index, train, n_threads=None):
@@ -371,6 +415,67 @@ class TrainingIndex:
         if self.kind == "hnsw":
             r_k = np.full(q.shape[0], np.nan)
         return ids, sq, r_k
+
+    @property
+    def cell_offsets(self):
+        """IVF: (nlist + 1,) offsets of each cell's rows in :attr:`cell_order` (None otherwise)."""
+        return None if self._ivf is None else self._cell_offsets
+
+    @property
+    def cell_order(self):
+        """IVF: (N,) training row ids sorted by cell (None otherwise)."""
+        return None if self._ivf is None else self._cell_order
+
+    @property
+    def center(self) -> np.ndarray:
+        """(d,) float64 centre subtracted from the rows before they reach faiss."""
+        return self._center
+
+    def cell_lower_bounds(self, y):
+        """IVF: certified squared lower bounds ``L_c^2`` on ``||y - x_j||^2`` for every row j of cell c.
+
+        ``y`` (B, d) queries (data coordinates).  Returns (B, nlist) float64: the larger of the
+        ball bound ``max(0, ||y - mu_c|| - R_c)`` and, with a flat quantizer, the bisector bound
+        ``(||y - mu_c||^2 - ||y - mu_0||^2 - 2 E_a) / (2 ||mu_c - mu_0||)`` against the query's
+        nearest centroid ``mu_0`` (every row of cell c was assigned to ``mu_c`` rather than
+        ``mu_0`` up to the float32 slack ``E_a``), squared; ``inf`` for empty cells.  Every
+        float64 quantity is bounded for rounding (GEMM-form distances lowered/raised by
+        ``2 gamma64_{d+4} (||a||^2 + ||b||^2)``, results deflated).
+        """
+        if self._ivf is None:
+            raise ValueError("cell_lower_bounds: the index is not IVF")
+        qc = np.asarray(y, dtype=np.float64) - self._center
+        cent, nlist = self._centroids, self._centroids.shape[0]
+        g = 2.0 * _gamma(self.d + 4, _U64)
+        deflate = 1.0 - 8.0 * (self.d + 4) * _U64
+        cn = np.einsum("ij,ij->i", cent, cent)
+        out = np.empty((qc.shape[0], nlist))
+        for s, e in _blocks(qc.shape[0], nlist):
+            q = qc[s:e]
+            qn = np.einsum("ij,ij->i", q, q)
+            d2 = qn[:, None] + cn[None, :] - 2.0 * (q @ cent.T)
+            err = g * (qn[:, None] + cn[None, :])
+            lo = np.maximum(d2 - err, 0.0)
+            low = np.maximum(0.0, np.sqrt(lo) * deflate - self._radii[None, :])
+            if nlist > 1 and np.isfinite(self._cell_slack).all():
+                rows = np.arange(e - s)
+                n_ref = min(_BISECTOR_REFS, nlist)
+                refs = np.argpartition(d2, n_ref - 1, axis=1)[:, :n_ref] if n_ref < nlist else \
+                    np.tile(np.arange(nlist), (e - s, 1))
+                for j in range(n_ref):
+                    c0 = refs[:, j]
+                    hi0 = d2[rows, c0] + err[rows, c0]
+                    nu2 = cn[None, :] + cn[c0][:, None] - 2.0 * (cent[c0] @ cent.T)
+                    nu = np.sqrt(np.maximum(nu2 + g * (cn[None, :] + cn[c0][:, None]), 0.0)) * (2.0 - deflate)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        hyp = (lo - hi0[:, None] - self._cell_slack[None, :]) / (2.0 * nu)
+                    hyp = np.where((nu > 0) & np.isfinite(hyp), np.maximum(hyp, 0.0) * deflate, 0.0)
+                    hyp[rows, c0] = 0.0
+                    low = np.maximum(low, hyp)
+            low = low * low * deflate
+            low[:, self._empty] = np.inf
+            out[s:e] = low
+        return out
 
     def _cell_bound(self, qc, probed):
         """min over unprobed non-empty cells of max(0, ||y - mu_c|| - R_c)^2 (deflated), inf if none."""

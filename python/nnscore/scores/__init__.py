@@ -3,10 +3,12 @@ from .base import ScoreModel
 from .cfdm import CFDMScore
 from .density import KDEScore, TemperedScore
 from .empirical import EmpiricalScore
+from .knn import KNNSamplerCache, KNNScore
 from .kernels import AnisotropicGaussianKernel, GaussianKernel, Kernel
 from .piecewise import PiecewiseLinearScore
 from .result import ScoreResult
 from .smoothed import SmoothedScore
+from .stochastic import ImportanceSampledScore, StratifiedScore
 
 __all__ = [
     "ScoreModel",
@@ -20,4 +22,8 @@ __all__ = [
     "AnisotropicGaussianKernel",
     "PiecewiseLinearScore",
     "CFDMScore",
+    "KNNScore",
+    "KNNSamplerCache",
+    "ImportanceSampledScore",
+    "StratifiedScore",
 ]

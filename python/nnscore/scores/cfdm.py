@@ -43,6 +43,7 @@ from .empirical import EmpiricalScore
 from .kernels import GaussianKernel
 from .result import ScoreResult
 from .smoothed import SmoothedScore
+from .stochastic import _sample_complement
 
 __all__ = ["CFDMScore", "CFDM_MODES"]
 
@@ -331,22 +332,3 @@ class CFDMScore(ScoreModel):
         # D - y accumulated from differences (no cancellation at small sigma~)
         return y + np.einsum("bj,bjd->bd", lam, diff)
 
-
-def _sample_complement(nbr: np.ndarray, n_train: int, n_rand: int, gen: np.random.Generator) -> np.ndarray:
-    """Per row, ``n_rand`` distinct indices drawn uniformly from {0..N-1} minus the row's ``nbr``.
-
-    Floyd's algorithm on positions u in {0..N-k-1} of the complement (vectorised over rows,
-    O(B L^2)), then u -> the u-th index not in ``nbr``.
-    """
-    n_rows, k = nbr.shape
-    m = n_train - k
-    chosen = np.empty((n_rows, n_rand), dtype=np.int64)
-    rows = np.arange(n_rows)
-    for c, j in enumerate(range(m - n_rand, m)):
-        r = gen.integers(0, j + 1, size=n_rows)
-        seen = np.any(chosen[:, :c] == r[:, None], axis=1) if c else np.zeros(n_rows, dtype=bool)
-        chosen[rows, c] = np.where(seen, j, r)
-    # the u-th complement element is u + #{i : sorted_nbr[i] - i <= u} (found by iteration)
-    adj = np.sort(nbr, axis=1) - np.arange(k)[None, :]
-    out = chosen + np.sum(adj[:, None, :] <= chosen[:, :, None], axis=2)
-    return out

@@ -44,6 +44,8 @@ class ScoreResult:
         Approximate models: a bound on the error of the chosen quantity (see the model).
     path : (M,) object array of str, or None
         Approximate models: how each query was computed.
+    k_used : (M,) int64 or None
+        Truncated models: how many training points each query's result is computed from.
 
     A field a model cannot compute is ``None``, never a guess.
     """
@@ -61,6 +63,7 @@ class ScoreResult:
     mc_stderr: np.ndarray | None = None
     error_bound: np.ndarray | None = None
     path: np.ndarray | None = None
+    k_used: np.ndarray | None = None
 
 
 def result_from_partial(

@@ -1,0 +1,583 @@
+"""KNNScore: the empirical score from a few training points, with a certified error per query.
+
+At small and moderate noise the posterior weights of the empirical model sit on a few training
+points.  :class:`KNNScore` computes the exact partials of a candidate set K (the k nearest
+neighbours, or every row of the probed cells of an IVF index) in float64 difference form and
+bounds what the other points could add (science.md §3):
+
+    T <= T_bar = sum over excluded mass  pi_j exp(-r_j^2 / (2 sigma~^2)),   ratio = T_bar / S_K,
+
+with ``r_j`` a certified lower bound on the distance of excluded point j (one radius ``r_K`` for
+a kNN list, per-cell bounds ``L_c`` for IVF; see :class:`~nnscore.TrainingIndex`), and
+
+* log-density:  0 <= log p - log p_K <= log(1 + ratio)                              (i)
+* denoiser:     ||D - D_K|| <= min( eps_bar (R + ||D_K - c||),                        (ii)
+                                    sum_out pi_j [g(r_j) + ||y - D_K|| e^{-r_j^2/2s^2}] / S_K )  (iii)
+  with eps_bar = ratio / (1 + ratio), R = max_i ||x_i - c||, g(r) = r e^{-r^2/2s^2} (r >= s),
+  s e^{-1/2} (r < s);
+* score:        ||score - score_K|| = ||D - D_K|| / (a sigma~^2)                      (v)
+
+The bound reported is the smaller of (ii) and (iii) plus a float64 rounding allowance; the
+result's final cast to a float32 query dtype is not included.  A query whose bound cannot meet
+``tol`` within ``k_max`` neighbours (kNN) or within a scan budget (IVF) goes to the exact dense
+engine (``fallback="exact"``; its ``error_bound`` is then the dense engine's accuracy target,
+which its rounding model guarantees but which is not an a-posteriori certificate) or raises
+(``fallback="error"``).  HNSW indexes give no certificate: their queries are ``"uncertified"``
+(``error_bound`` NaN) and never fall back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+
+import numpy as np
+
+from .. import backends as _backends
+from .. import schedules as _schedules
+from .._threads import effective_n_threads
+from .._validation import check_int
+from ..index.faiss_index import TrainingIndex
+from ..partials import Partial, empty_partial, merge
+from .base import ScoreModel, schedule_coefficients
+from .empirical import EmpiricalScore
+from .result import ScoreResult, result_from_partial
+
+__all__ = ["KNNScore", "KNNSamplerCache", "TOL_KINDS", "KNN_PATHS"]
+
+#: Quantities a tolerance can be put on (see :class:`KNNScore`).
+TOL_KINDS = ("denoiser_rel", "denoiser_abs", "score", "log_density")
+#: Values of ``ScoreResult.path`` for KNNScore.
+KNN_PATHS = ("knn", "knn-cached", "ivf-certified", "exact", "uncertified")
+#: An IVF query whose certificate needs more rows than this fraction of N goes to the dense engine
+#: (the float64 gathered scan costs several times a dense float32 tile per row).
+IVF_SCAN_FRACTION = 0.125
+#: Flat kNN with a single noise level: this many queries are tried first; if most fail the
+#: tolerance the rest of the batch goes straight to the dense engine (the fallback decides early).
+PILOT_QUERIES = 16
+#: Queries per block of the IVF path (bounds the (block, nlist) bound matrices).
+_IVF_BLOCK = 512
+_U64 = 2.0**-53
+
+
+def _lse(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    """log sum exp along ``axis`` (-inf for an all -inf row)."""
+    m = np.max(a, axis=axis, keepdims=True)
+    m_safe = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(a - m_safe), axis=axis)) + np.squeeze(m_safe, axis=axis)
+    return out
+
+
+def _log_g(r: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """log g(r) = log sup_{u >= r} u exp(-u^2 / (2 s^2)) (science.md §3.2 (iii))."""
+    with np.errstate(divide="ignore"):
+        far = np.log(np.maximum(r, 1e-300)) - r * r / (2.0 * sigma * sigma)
+    near = np.log(sigma) - 0.5
+    return np.where(r >= sigma, far, near)
+
+
+@dataclasses.dataclass
+class _Certified:
+    """VE-space result of one certified evaluation (per query)."""
+
+    partial: Partial
+    bound_d: np.ndarray  # denoiser error bound (data units), nan when uncertified
+    bound_logp: np.ndarray  # log-density error bound, nan when uncertified
+    path: np.ndarray  # object array of path names
+    k_used: np.ndarray  # int64
+    # what a sampler cache keeps: per query the candidate rows (kNN ids) or probed cells (IVF)
+    sets: list
+
+
+class KNNScore(ScoreModel):
+    """Empirical score from nearest neighbours, exact to a certified tolerance per query.
+
+    Parameters
+    ----------
+    train_or_index : array-like (N, d) or (N, *shape), or a :class:`~nnscore.TrainingIndex`
+        The training set; an array is indexed with ``TrainingIndex(train, kind=index_kind)``.
+    k : "auto" or int
+        kNN indexes: "auto" searches ``k_max`` neighbours and uses the shortest prefix (k_max/8,
+        k_max/4, k_max/2, k_max) whose certificate meets ``tol``; an int uses exactly k (an
+        error if k > N).  IVF indexes scan whole cells: k is ignored (``k_used`` reports the rows).
+    tol : float > 0 or None
+        Tolerance on ``tol_kind``.  None (only with an int k, or an IVF index: then
+        ``nprobe`` cells are scanned) reports the certified bound without enforcing one.
+    tol_kind : "denoiser_rel" (||D - D_K|| <= tol R, R = max_i ||x_i - mean|| the data radius),
+        "denoiser_abs" (||D - D_K|| <= tol), "score" (||score error|| <= tol, x-units) or
+        "log_density" (|log p error| <= tol).
+    schedule, weights, backend, n_threads : as for :class:`~nnscore.EmpiricalScore` (``weights``
+        non-uniform pi: the bounds use the excluded prior mass).
+    fallback : "exact" (default) or "error": what to do with a query the candidates cannot certify.
+    k_max : int, default 256 (clamped to N).
+    index_kind, rng : passed to :class:`~nnscore.TrainingIndex` when an array is given.
+    """
+
+    def __init__(self, train_or_index, k="auto", tol=1e-4, tol_kind="denoiser_rel", schedule="ve",
+                 fallback="exact", k_max=256, weights=None, backend="auto", n_threads=None, index_kind="auto",
+                 rng=None):  # fmt: skip
+        if isinstance(train_or_index, TrainingIndex):
+            self.index = train_or_index
+        else:
+            self.index = TrainingIndex(train_or_index, kind=index_kind, n_threads=n_threads, rng=rng)
+        self._exact = EmpiricalScore(self.index._train, weights=weights, schedule=schedule, backend=backend,
+                                     n_threads=n_threads)  # fmt: skip
+        self.schedule = self._exact.schedule
+        self.backend = self._exact.backend
+        self.n_threads = n_threads
+        self.data = self._exact.data
+        self.shape = (self.index.d,)
+        self.dtype = self.data.points.dtype
+        n = self.data.n_points
+        self.k_max = min(check_int(k_max, "k_max", minimum=1), n)
+        if isinstance(k, str):
+            if k != "auto":
+                raise ValueError(f"k: expected 'auto' or a positive int, got {k!r}")
+        else:
+            k = check_int(k, "k", minimum=1)
+            if k > n:
+                raise ValueError(f"k: must be <= N={n} (the training set size), got {k}")
+        self.k = k
+        if tol is not None:
+            if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (math.isfinite(tol) and tol > 0):
+                raise ValueError(f"tol: expected a finite float > 0 or None, got {tol!r}")
+            tol = float(tol)
+        elif k == "auto" and self.index.kind != "ivf":
+            raise ValueError("tol: None (no tolerance) needs an explicit int k")
+        self.tol = tol
+        if tol_kind not in TOL_KINDS:
+            raise ValueError(f"tol_kind: expected one of {TOL_KINDS}, got {tol_kind!r}")
+        self.tol_kind = tol_kind
+        if fallback not in ("exact", "error"):
+            raise ValueError(f"fallback: expected 'exact' or 'error', got {fallback!r}")
+        self.fallback = fallback
+        log_w = self.data.log_w
+        # Prior masses in the kernels' shifted units (exp(log_w) = pi / max pi).
+        self._w = None if log_w is None else np.exp(log_w)
+        self._mass_total = float(n) if log_w is None else float(np.sum(self._w)) * (1.0 + 1e-12)
+        if self.index.kind == "ivf":
+            order, offsets = self.index.cell_order, self.index.cell_offsets
+            # Cell-sorted copy: each cell is one contiguous segment of the gathered kernel.
+            self._sorted = np.ascontiguousarray(self.data.points[order])
+            self._sorted_log_w = None if log_w is None else np.ascontiguousarray(log_w[order])
+            sizes = np.diff(offsets)
+            if log_w is None:
+                mass = sizes.astype(np.float64)
+            else:
+                cell_of_row = np.repeat(np.arange(sizes.size), sizes)
+                mass = np.bincount(cell_of_row, weights=self._w[order], minlength=sizes.size) * (1.0 + 1e-12)
+            with np.errstate(divide="ignore"):
+                self._log_cell_mass = np.log(mass)
+            self._cell_sizes = sizes
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def train(self) -> np.ndarray:
+        return self.data.points
+
+    @property
+    def n_train(self) -> int:
+        return self.data.n_points
+
+    def __repr__(self) -> str:
+        return (f"KNNScore(n_train={self.n_train}, d={self.dim}, index={self.index.kind!r}, k={self.k!r}, "
+                f"tol={self.tol!r}, tol_kind={self.tol_kind!r}, schedule={self.schedule!r}, "
+                f"fallback={self.fallback!r})")  # fmt: skip
+
+    # ------------------------------------------------------------------ public API
+    def evaluate(self, x, t) -> ScoreResult:
+        """Everything :meth:`EmpiricalScore.evaluate` returns, plus ``error_bound`` (certified,
+        in ``tol_kind`` units), ``path`` and ``k_used`` per query."""
+        return self._evaluate(x, t, cache=None)
+
+    def sampler_cache(self) -> "KNNSamplerCache":
+        """A stateful view of this model that reuses candidate sets across sampler steps."""
+        return KNNSamplerCache(self)
+
+    # ------------------------------------------------------------------ internals
+    def _evaluate(self, x, t, cache) -> ScoreResult:
+        x_rows, out_dtype = self._check_queries(x)
+        alpha, s = schedule_coefficients(self.schedule, t, x_rows.shape[0])
+        y = self._to_ve(x_rows, alpha)
+        st = s / alpha
+        cert = self._certified_ve(y, st, alpha, cache)
+        if cache is not None:
+            cache._last_sets = cert.sets
+        res = result_from_partial(cert.partial, y, alpha, s, self.shape, out_dtype, self.backend)
+        return dataclasses.replace(res, error_bound=self._bound_in_units(cert, alpha, st), path=cert.path,
+                                   k_used=cert.k_used)  # fmt: skip
+
+    def _partials_ve(self, y: np.ndarray, sigma: np.ndarray) -> Partial:
+        return self._certified_ve(y, sigma, np.ones(y.shape[0]), None).partial
+
+    def _bound_in_units(self, cert: _Certified, alpha, st) -> np.ndarray:
+        kind = self.tol_kind
+        if kind == "log_density":
+            return cert.bound_logp
+        if kind == "denoiser_abs":
+            return cert.bound_d
+        if kind == "denoiser_rel":
+            r = self.data.radius
+            return cert.bound_d / r if r > 0 else np.where(cert.bound_d > 0, np.inf, 0.0)
+        return cert.bound_d / (alpha * st * st)
+
+    def _targets(self, st, alpha):
+        """(eta_d, rho): denoiser tolerance (data units; inf for log_density) and the tail ratio
+        T_bar / S_K that certainly meets the tolerance ((ii) with ||D_K - c|| <= R, or (i))."""
+        n_q, tol, r = st.shape[0], self.tol, self.data.radius
+        if tol is None:
+            return np.full(n_q, np.inf), np.full(n_q, np.inf)
+        if self.tol_kind == "log_density":
+            return np.full(n_q, np.inf), np.full(n_q, math.expm1(tol))
+        eta = {"denoiser_abs": np.full(n_q, tol), "denoiser_rel": np.full(n_q, tol * r),
+               "score": tol * alpha * st * st}[self.tol_kind]  # fmt: skip
+        rho = eta / (2.0 * r) if r > 0 else np.full(n_q, np.inf)
+        return eta, rho
+
+    def _meets(self, bound_d, bound_logp, eta):
+        if self.tol is None:
+            return np.ones(bound_d.shape[0], dtype=bool)
+        if self.tol_kind == "log_density":
+            return bound_logp <= self.tol
+        return bound_d <= eta
+
+    def _threads(self, work: float) -> int:
+        return effective_n_threads(self.n_threads, work)
+
+    def _finish_bounds(self, p: Partial, y, st, log_t, log_gsum, n_terms):
+        """Bounds (ii)/(iii) and (i) of a candidate partial ``p`` over ``n_terms`` rows, with log
+        tail mass ``log_t`` (log sum over excluded j of pi_j e^{-r_j^2/2s^2}) and ``log_gsum``
+        (log sum pi_j g(r_j)); plus a float64 rounding allowance of the partial's sums."""
+        with np.errstate(divide="ignore"):
+            log_s = p.m + np.log(p.z)
+        with np.errstate(over="ignore", invalid="ignore"):
+            lr = log_t - log_s  # log ratio
+            ratio = np.exp(lr)
+            eps = np.where(np.isfinite(lr), 1.0 / (1.0 + np.exp(-lr)), np.where(lr > 0, 1.0, 0.0))
+        delta = p.v / p.z[:, None]  # D_K - y
+        r_y = np.sqrt(np.einsum("ij,ij->i", delta, delta))
+        dk_c = y.astype(np.float64) + delta - self.data.center.astype(np.float64)
+        dist_c = np.sqrt(np.einsum("ij,ij->i", dk_c, dk_c))
+        R = self.data.radius * (1.0 + 1e-12)
+        b2 = eps * (R + dist_c)
+        with np.errstate(over="ignore", invalid="ignore"):
+            b3 = np.exp(log_gsum - log_s) + r_y * ratio
+        b3 = np.where(np.isnan(b3), np.inf, b3)
+        # float64 sums of n_terms terms of d products: relative error <= (n_terms + d + 4) u64,
+        # doubled for the ratio v/z, applied to every length in play.
+        rel = 4.0 * _U64 * (np.asarray(n_terms, dtype=np.float64) + self.dim + 8)
+        bound_d = np.where(np.isneginf(log_t), 0.0, np.minimum(b2, b3)) + rel * (R + dist_c + r_y)
+        with np.errstate(over="ignore"):
+            bound_logp = np.where(np.isneginf(log_t), 0.0, np.log1p(ratio)) + rel * (1.0 + np.abs(log_s))
+        return bound_d, bound_logp
+
+    def _certified_ve(self, y, st, alpha, cache) -> _Certified:
+        n_q = y.shape[0]
+        eta, rho = self._targets(st, alpha)
+        parts: list = []
+        bound_d = np.full(n_q, np.nan)
+        bound_logp = np.full(n_q, np.nan)
+        path = np.full(n_q, "exact", dtype=object)
+        k_used = np.zeros(n_q, dtype=np.int64)
+        sets = [None] * n_q
+        todo = np.arange(n_q)
+        out = (parts, bound_d, bound_logp, path, k_used, sets)
+        if n_q and cache is not None:
+            todo = self._from_cache(y, st, eta, rho, cache, todo, out)
+        if todo.size and self.index.kind == "ivf":
+            todo = self._ivf(y, st, eta, rho, todo, out, cache)
+        elif todo.size:
+            todo = self._knn(y, st, eta, rho, todo, out)
+        if todo.size:
+            if self.fallback == "error":
+                raise ValueError(
+                    f"tol: {todo.size} of {n_q} queries cannot be certified to {self.tol_kind} <= {self.tol} "
+                    f"with k_max={self.k_max} (index {self.index.kind!r}); raise k_max or use fallback='exact'"
+                )
+            self._dense(y, st, eta, rho, todo, out)
+        partial = _stack(parts, n_q, self.dim, self.data.log_mass)
+        return _Certified(partial, bound_d, bound_logp, path, k_used, sets)
+
+    # -- exact dense fallback -------------------------------------------------------------------
+    def _dense(self, y, st, eta, rho, rows, out):
+        parts, bound_d, bound_logp, path, k_used, sets = out
+        R = self.data.radius
+        # The dense engine's accuracy target: logit errors <= fast_tol move D by <= 2 fast_tol R
+        # and log p by <= fast_tol; lower it when the tolerance asks for more.
+        ftol = _backends.FAST_TOL[self.dtype]
+        if self.tol is not None:
+            if self.tol_kind == "log_density":
+                ftol = min(ftol, 0.5 * self.tol)
+            elif R > 0:
+                ftol = min(ftol, 0.5 * float(np.min(eta[rows])) / (2.0 * R))
+        work = 4.0 * rows.size * self.n_train * self.dim
+        p = _backends.partials_dense(self.backend, np.ascontiguousarray(y[rows]), st[rows], self.data,
+                                     self._threads(work), fast_tol=ftol)  # fmt: skip
+        _scatter(parts, rows, p)
+        # plus float64 rounding of exactly recomputed logits (relative to their size)
+        rel = 4.0 * _U64 * (self.dim + 8)
+        bound_d[rows] = 2.0 * ftol * R + rel * 2.0 * R
+        bound_logp[rows] = ftol + rel * (1.0 + np.abs(p.m) + np.abs(np.log(p.z)))
+        path[rows] = "exact"
+        k_used[rows] = self.n_train
+
+    # -- kNN lists (flat / HNSW) ----------------------------------------------------------------
+    def _knn(self, y, st, eta, rho, rows, out):
+        """Certify ``rows`` with kNN lists; returns the rows left for the fallback."""
+        if (self.tol is not None and self.index.kind == "flat" and rows.size > 2 * PILOT_QUERIES
+                and np.all(st[rows] == st[rows[0]])):  # fmt: skip
+            pilot = rows[:PILOT_QUERIES]
+            failed = self._knn_rows(y, st, eta, rho, pilot, out)
+            if 2 * failed.size > pilot.size:
+                return np.concatenate([failed, rows[PILOT_QUERIES:]])
+            return np.concatenate([failed, self._knn_rows(y, st, eta, rho, rows[PILOT_QUERIES:], out)])
+        return self._knn_rows(y, st, eta, rho, rows, out)
+
+    def _knn_rows(self, y, st, eta, rho, rows, out):
+        parts, bound_d, bound_logp, path, k_used, sets = out
+        k_search = self.k_max if self.k == "auto" else self.k
+        nb = self.index.search(y[rows], k_search)
+        k_search = nb.k_used
+        ids, sq = nb.ids, nb.sqdist
+        s2 = 2.0 * st[rows] ** 2
+        lw = np.zeros(ids.shape) if self.data.log_w is None else self.data.log_w[ids]
+        logits = lw - sq / s2[:, None]
+        certified = self.index.certified
+        prefixes = [k_search] if self.k != "auto" else sorted({max(1, k_search // f) for f in (8, 4, 2, 1)})
+        deflate = 1.0 - 8.0 * (self.dim + 4) * _U64
+        choice = np.full(rows.size, len(prefixes) - 1)
+        chosen = np.zeros(rows.size, dtype=bool)
+        r2_at = np.empty((len(prefixes), rows.size))
+        for j, kp in enumerate(prefixes):
+            r2 = nb.r_k if kp == k_search else np.minimum(sq[:, kp] * deflate, nb.r_k)
+            r2_at[j] = r2
+            if not certified or self.tol is None:
+                continue
+            log_out = self._log_mass_out(ids, kp)
+            log_ratio = log_out - np.maximum(r2, 0.0) / s2 - _lse(logits[:, :kp])
+            ok = (log_ratio <= np.log(rho[rows])) & ~chosen
+            choice[ok] = j
+            chosen |= ok
+        kp_row = np.asarray(prefixes)[choice]
+        r2 = np.maximum(r2_at[choice, np.arange(rows.size)], 0.0)
+        mask = np.arange(k_search)[None, :] < kp_row[:, None]
+        seg = _backends.Segments(np.concatenate([[0], np.cumsum(kp_row)]).astype(np.int64),
+                                 np.ascontiguousarray(ids[mask]), np.ones(int(kp_row.sum()), dtype=np.int64))
+        p = self._segments(y[rows], st[rows], self.data.points, self.data.log_w, seg)
+        if certified:
+            log_out = self._log_mass_out(ids, kp_row)
+            with np.errstate(divide="ignore"):
+                log_t = log_out - r2 / s2
+                log_t = np.where(np.isinf(r2), -np.inf, log_t)
+                log_g = np.where(np.isinf(r2), -np.inf, log_out + _log_g(np.sqrt(r2), st[rows]))
+            bd, bl = self._finish_bounds(p, y[rows], st[rows], log_t, log_g, kp_row)
+            ok = self._meets(bd, bl, eta[rows])
+            name = "knn"
+        else:
+            bd = bl = np.full(rows.size, np.nan)
+            ok = np.ones(rows.size, dtype=bool)
+            name = "uncertified"
+        good = rows[ok]
+        _scatter(parts, good, _take(p, ok))
+        bound_d[good], bound_logp[good] = bd[ok], bl[ok]
+        path[good], k_used[good] = name, kp_row[ok]
+        for i in np.flatnonzero(ok):
+            sets[rows[i]] = ("knn", ids[i, : kp_row[i]].copy(), float(np.sqrt(r2[i])), y[rows[i]].astype(np.float64))
+        return rows[~ok]
+
+    def _log_mass_out(self, ids: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """log of the prior mass (shifted units) outside the first ``k[i]`` ids of each row."""
+        k = np.broadcast_to(np.asarray(k, dtype=np.int64), (ids.shape[0],))
+        with np.errstate(divide="ignore"):
+            if self._w is None:
+                return np.log(np.maximum(self.n_train - k, 0).astype(np.float64))
+            cum = np.concatenate([np.zeros((ids.shape[0], 1)), np.cumsum(self._w[ids], axis=1)], axis=1)
+            inside = cum[np.arange(ids.shape[0]), k]
+            # the 1e-12 relative slack (also in _mass_total) covers the rounding of both sums
+            return np.log(np.maximum(self._mass_total - inside, 0.0) + 1e-12 * self._mass_total)
+
+    def _segments(self, y, st, points, log_w, seg) -> Partial:
+        work = 4.0 * float(seg.length.sum()) * self.dim
+        return _backends.partials_segments(self.backend, np.ascontiguousarray(y), st, points, log_w, seg,
+                                           self._threads(work), log_w_shift=self.data.log_w_shift,
+                                           log_mass=self.data.log_mass)  # fmt: skip
+
+    # -- IVF branch and bound -------------------------------------------------------------------
+    def _ivf(self, y, st, eta, rho, rows, out, cache=None):
+        left = []
+        for b0 in range(0, rows.size, _IVF_BLOCK):
+            left.append(self._ivf_block(y, st, eta, rho, rows[b0 : b0 + _IVF_BLOCK], out, cache))
+        return np.concatenate(left) if left else rows[:0]
+
+    def _ivf_block(self, y, st, eta, rho, rows, out, cache):
+        parts, bound_d, bound_logp, path, k_used, sets = out
+        idx = self.index
+        yb = y[rows]
+        sb = st[rows]
+        s2 = 2.0 * sb * sb
+        low2 = idx.cell_lower_bounds(yb)  # (B, nlist)
+        log_tail = self._log_cell_mass[None, :] - low2 / s2[:, None]
+        nlist = low2.shape[1]
+        probed = np.zeros(low2.shape, dtype=bool)
+        if self.tol is None:
+            npr = min(nlist, idx.nprobe)
+            first = np.argpartition(low2, npr - 1, axis=1)[:, :npr] if npr < nlist else np.tile(np.arange(nlist), (rows.size, 1))
+            np.put_along_axis(probed, first, True, axis=1)
+        else:
+            probed[np.arange(rows.size), np.argmin(low2, axis=1)] = True
+            if cache is not None:
+                for i, r in enumerate(rows):
+                    prev = cache.previous_cells(r)
+                    if prev is not None:
+                        probed[i, prev] = True
+        p = self._cells_partial(yb, sb, probed)
+        if self.tol is not None:
+            log_s = p.m + np.log(p.z)
+            n_un = np.maximum((~probed).sum(axis=1), 1)
+            with np.errstate(divide="ignore"):
+                thr = np.log(rho[rows] / 2.0) - np.log(n_un) + log_s
+            extra = ~probed & (log_tail > thr[:, None])
+            need = (probed | extra) @ self._cell_sizes
+            too_many = need > IVF_SCAN_FRACTION * self.n_train
+            extra[too_many] = False
+            if extra.any():
+                p = merge(p, self._cells_partial(yb, sb, extra))
+                p = dataclasses.replace(p, log_mass=self.data.log_mass)
+                probed |= extra
+        else:
+            too_many = np.zeros(rows.size, dtype=bool)
+        unprobed_tail = np.where(probed, -np.inf, log_tail)
+        log_t = _lse(unprobed_tail, axis=1)
+        log_g_cells = self._log_cell_mass[None, :] + _log_g(np.sqrt(low2), sb[:, None])
+        log_g = _lse(np.where(probed, -np.inf, log_g_cells), axis=1)
+        scanned = probed @ self._cell_sizes
+        bd, bl = self._finish_bounds(p, yb, sb, log_t, log_g, scanned)
+        ok = self._meets(bd, bl, eta[rows]) & ~too_many & np.isfinite(p.m)
+        good = rows[ok]
+        p = dataclasses.replace(p, top1=np.where(p.top1 >= 0, idx.cell_order[np.maximum(p.top1, 0)], -1))
+        _scatter(parts, good, _take(p, ok))
+        bound_d[good], bound_logp[good] = bd[ok], bl[ok]
+        path[good] = "ivf-certified"
+        k_used[good] = scanned[ok]
+        for i in np.flatnonzero(ok):
+            sets[rows[i]] = ("ivf", np.flatnonzero(probed[i]))
+        return rows[~ok]
+
+    def _cells_partial(self, yb, sb, cells: np.ndarray) -> Partial:
+        """Exact partial of each query over the rows of its selected cells ((B, nlist) mask)."""
+        q_of, c_of = np.nonzero(cells)
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(q_of, minlength=cells.shape[0]))]).astype(np.int64)
+        seg = _backends.Segments(offsets, self.index.cell_offsets[c_of].astype(np.int64),
+                                 self._cell_sizes[c_of].astype(np.int64))  # fmt: skip
+        return self._segments(yb, sb, self._sorted, self._sorted_log_w, seg)
+
+    # -- sampler cache --------------------------------------------------------------------------
+    def _from_cache(self, y, st, eta, rho, cache, rows, out):
+        """kNN: certify rows with their previous candidate set and r' = r - ||y - y_old||."""
+        parts, bound_d, bound_logp, path, k_used, sets = out
+        if self.index.kind == "ivf":
+            return rows  # IVF warm-starts from the cached cells instead (see _ivf_block)
+        hits = [i for i in rows if cache.entry(i) is not None]
+        if not hits:
+            return rows
+        hits = np.asarray(hits)
+        ids_list, r_old, y_old = zip(*[cache.entry(i)[1:] for i in hits])
+        kp = np.array([a.size for a in ids_list])
+        seg = _backends.Segments(np.concatenate([[0], np.cumsum(kp)]).astype(np.int64),
+                                 np.concatenate(ids_list).astype(np.int64), np.ones(int(kp.sum()), dtype=np.int64))
+        p = self._segments(y[hits], st[hits], self.data.points, self.data.log_w, seg)
+        moved = np.sqrt(np.sum((y[hits].astype(np.float64) - np.stack(y_old)) ** 2, axis=1)) * (1.0 + 1e-12)
+        r = np.maximum(np.asarray(r_old) - moved, 0.0)
+        s2 = 2.0 * st[hits] ** 2
+        if self._w is None:
+            log_out = self._log_mass_out(np.zeros((hits.size, 0), dtype=np.int64), kp)
+        else:
+            log_out = np.array([self._log_mass_out(a[None, :], a.size)[0] for a in ids_list])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_t = np.where(np.isinf(r), -np.inf, log_out - r * r / s2)
+            log_g = np.where(np.isinf(r), -np.inf, log_out + _log_g(r, st[hits]))
+        bd, bl = self._finish_bounds(p, y[hits], st[hits], log_t, log_g, kp)
+        ok = self._meets(bd, bl, eta[hits]) & np.isfinite(p.m)
+        good = hits[ok]
+        _scatter(parts, good, _take(p, ok))
+        bound_d[good], bound_logp[good] = bd[ok], bl[ok]
+        path[good], k_used[good] = "knn-cached", kp[ok]
+        for i in good:
+            sets[i] = cache.entry(i)  # keep the search point and radius: r' is always from the search
+        return np.setdiff1d(rows, good)
+
+
+class KNNSamplerCache(ScoreModel):
+    """A :class:`KNNScore` that remembers each query row's candidate set between calls.
+
+    Row i of every call is taken to be the same sample (as in a sampler's loop); a call with a
+    different number of rows starts afresh.  For kNN indexes a cached list certifies the moved
+    query with the radius ``r - ||y - y_search||`` (science.md §3.3: no excluded point can have
+    come closer than that); only rows that fail are searched again (path "knn-cached" vs "knn").
+    For IVF the previous cells seed the probe set.  ``stats`` counts hits and searches.
+    """
+
+    def __init__(self, model: KNNScore):
+        self.model = model
+        self.schedule = model.schedule
+        self.shape = model.shape
+        self.dtype = model.dtype
+        self.backend = model.backend
+        self.data = model.data
+        self._sets: list = []
+        self.stats = {"calls": 0, "queries": 0, "cached": 0, "searched": 0, "exact": 0}
+
+    @property
+    def train(self):
+        return self.model.train
+
+    def entry(self, i):
+        e = self._sets[i] if i < len(self._sets) else None
+        return e if e is not None and e[0] == "knn" else None
+
+    def previous_cells(self, i):
+        e = self._sets[i] if i < len(self._sets) else None
+        return e[1] if e is not None and e[0] == "ivf" else None
+
+    def reset(self) -> None:
+        self._sets = []
+
+    def evaluate(self, x, t) -> ScoreResult:
+        n_q = np.shape(x)[0] if np.ndim(x) else 0
+        if len(self._sets) != n_q:
+            self._sets = [None] * n_q
+        res = self.model._evaluate(x, t, cache=self)
+        self._sets = list(self._last_sets)
+        self.stats["calls"] += 1
+        self.stats["queries"] += n_q
+        for name, key in (("knn-cached", "cached"), ("exact", "exact")):
+            self.stats[key] += int(np.sum(res.path == name))
+        self.stats["searched"] += int(np.sum((res.path == "knn") | (res.path == "ivf-certified")))
+        return res
+
+    def _partials_ve(self, y, sigma):  # pragma: no cover - evaluate is overridden
+        raise TypeError("KNNSamplerCache: use evaluate")
+
+    def __repr__(self) -> str:
+        return f"KNNSamplerCache({self.model!r}, stats={self.stats})"
+
+
+def _take(p: Partial, mask: np.ndarray) -> Partial:
+    return Partial(m=p.m[mask], z=p.z[mask], v=p.v[mask], q=p.q[mask], z2=p.z2[mask], top1=p.top1[mask],
+                   log_mass=p.log_mass)  # fmt: skip
+
+
+def _scatter(parts: list, rows: np.ndarray, p: Partial) -> None:
+    """Record that ``p`` holds the partials of ``rows`` (in order)."""
+    if rows.size:
+        parts.append((rows, p))
+
+
+def _stack(parts: list, n_q: int, dim: int, log_mass: float) -> Partial:
+    """Assemble the (rows, partial) blocks into one partial of all queries."""
+    out = empty_partial(n_q, dim)
+    for rows, p in parts:
+        for name in ("m", "z", "v", "q", "z2", "top1"):
+            getattr(out, name)[rows] = getattr(p, name)
+    return dataclasses.replace(out, log_mass=log_mass)
