@@ -9,6 +9,7 @@
 
 #include "nnscore/dense.hpp"
 #include "nnscore/segments.hpp"
+#include "nnscore/ivf_bounds.hpp"
 
 namespace py = pybind11;
 
@@ -152,6 +153,68 @@ void def_segments(py::module_& m, const char* name) {
         py::arg("simd_level"));
 }
 
+void bind_ivf_bounds(py::array_t<double> G, py::array_t<double> qn, py::array_t<double> cn, py::array_t<double> radii,
+                     py::array_t<double> slack, std::optional<py::array_t<float>> inv_gap, int n_refs, double g,
+                     double deflate, py::array_t<double> out, int n_threads) {
+  NNSCORE_CHECK(G.ndim() == 2 && (G.flags() & py::array::c_style), "G: expected a C-contiguous 2-d array");
+  IvfBoundsProblem P;
+  P.B = G.shape(0);
+  P.nlist = G.shape(1);
+  P.G = G.data();
+  P.qn = checked_vec<double>(qn, "qn", P.B);
+  P.cn = checked_vec<double>(cn, "cn", P.nlist);
+  P.radii = checked_vec<double>(radii, "radii", P.nlist);
+  P.slack = checked_vec<double>(slack, "slack", P.nlist);
+  if (inv_gap) {
+    NNSCORE_CHECK(inv_gap->ndim() == 2 && inv_gap->shape(0) == P.nlist && inv_gap->shape(1) == P.nlist &&
+                      (inv_gap->flags() & py::array::c_style),
+                  "inv_gap: expected a C-contiguous (nlist, nlist) float32 array");
+    P.inv_gap = inv_gap->data();
+  }
+  NNSCORE_CHECK(n_refs >= 0, "n_refs: must be >= 0");
+  P.n_refs = n_refs;
+  P.g = g;
+  P.deflate = deflate;
+  double* o = checked_out(out, "out", P.B, P.nlist);
+  py::gil_scoped_release release;
+  ivf_cell_bounds(P, o, n_threads);
+}
+
+struct CellMatrix {
+  index_t B, nlist;
+};
+
+CellMatrix checked_cells(const py::array_t<double>& low2) {
+  NNSCORE_CHECK(low2.ndim() == 2 && (low2.flags() & py::array::c_style), "low2: expected a C-contiguous 2-d array");
+  return {low2.shape(0), low2.shape(1)};
+}
+
+void bind_select_cells(py::array_t<double> low2, py::array_t<double> log_mass, py::array_t<double> sigma,
+                       py::array_t<double> thr, py::array_t<std::uint8_t> probed, int n_threads) {
+  const CellMatrix s = checked_cells(low2);
+  const double* lm = checked_vec<double>(log_mass, "log_mass", s.nlist);
+  const double* sg = checked_vec<double>(sigma, "sigma", s.B);
+  const double* th = checked_vec<double>(thr, "thr", s.B);
+  std::uint8_t* pr = checked_out(probed, "probed", s.B, s.nlist);
+  py::gil_scoped_release release;
+  ivf_select_cells(low2.data(), lm, sg, th, s.B, s.nlist, pr, n_threads);
+}
+
+void bind_tail_sums(py::array_t<double> low2, py::array_t<double> log_mass, py::array_t<double> sigma,
+                    py::array_t<std::uint8_t> probed, py::array_t<double> log_t, py::array_t<double> log_g,
+                    int n_threads) {
+  const CellMatrix s = checked_cells(low2);
+  const double* lm = checked_vec<double>(log_mass, "log_mass", s.nlist);
+  const double* sg = checked_vec<double>(sigma, "sigma", s.B);
+  NNSCORE_CHECK(probed.ndim() == 2 && probed.shape(0) == s.B && probed.shape(1) == s.nlist &&
+                    (probed.flags() & py::array::c_style),
+                "probed: expected a C-contiguous (B, nlist) uint8 array");
+  double* lt = checked_out(log_t, "log_t", s.B);
+  double* lg = checked_out(log_g, "log_g", s.B);
+  py::gil_scoped_release release;
+  ivf_tail_sums(low2.data(), lm, sg, probed.data(), s.B, s.nlist, lt, lg, n_threads);
+}
+
 }  // namespace
 
 void register_kernels(py::module_& m) {
@@ -159,6 +222,24 @@ void register_kernels(py::module_& m) {
   def_dense<double>(m, "partials_dense_f64");
   def_segments<float>(m, "partials_segments_f32");
   def_segments<double>(m, "partials_segments_f64");
+  m.def("ivf_cell_bounds", &bind_ivf_bounds,
+        "ivf_cell_bounds(G, qn, cn, radii, slack, inv_gap, n_refs, g, deflate, out, n_threads)\n\n"
+        "Certified squared distance lower bounds from each query to each IVF cell (ball and\n"
+        "bisector bounds; see nnscore/ivf_bounds.hpp), written into out (B, nlist).",
+        py::arg("G").noconvert(), py::arg("qn").noconvert(), py::arg("cn").noconvert(), py::arg("radii").noconvert(),
+        py::arg("slack").noconvert(), py::arg("inv_gap").noconvert(), py::arg("n_refs"), py::arg("g"), py::arg("deflate"),
+        py::arg("out").noconvert(), py::arg("n_threads"));
+  m.def("ivf_select_cells", &bind_select_cells,
+        "ivf_select_cells(low2, log_mass, sigma, thr, probed, n_threads): probed |= cells whose tail term\n"
+        "log_mass - low2 / (2 sigma^2) exceeds thr (per query).",
+        py::arg("low2").noconvert(), py::arg("log_mass").noconvert(), py::arg("sigma").noconvert(),
+        py::arg("thr").noconvert(), py::arg("probed").noconvert(), py::arg("n_threads"));
+  m.def("ivf_tail_sums", &bind_tail_sums,
+        "ivf_tail_sums(low2, log_mass, sigma, probed, log_t, log_g, n_threads): log-sums over the unprobed\n"
+        "cells of Pi_c exp(-low2 / 2 sigma^2) and Pi_c g(sqrt(low2)), rounded up.",
+        py::arg("low2").noconvert(), py::arg("log_mass").noconvert(), py::arg("sigma").noconvert(),
+        py::arg("probed").noconvert(), py::arg("log_t").noconvert(), py::arg("log_g").noconvert(),
+        py::arg("n_threads"));
 }
 
 }  // namespace nnscore

@@ -66,6 +66,14 @@ _U64 = 2.0**-53
 _R_SLACK = 1e-6  # multiplicative safety on E
 _CHUNK = 4096  # query rows per faiss / recompute block
 _BISECTOR_REFS = 4  # nearest centroids each IVF cell bound is taken against (the best one is kept)
+_GRAM_MAX_NLIST = 16384  # the compiled bounds keep an (nlist, nlist) float32 matrix: <= 1 GiB
+
+
+def _core_module():
+    """The compiled core, or None (then NumPy computes the cell bounds)."""
+    from ..backends import HAS_CORE, _core
+
+    return _core if HAS_CORE else None
 
 
 def _faiss():
@@ -450,14 +458,22 @@ class TrainingIndex:
         deflate = 1.0 - 8.0 * (self.d + 4) * _U64
         cn = np.einsum("ij,ij->i", cent, cent)
         out = np.empty((qc.shape[0], nlist))
+        core = _core_module()
+        use_bisector = nlist > 1 and np.isfinite(self._cell_slack).all()
         for s, e in _blocks(qc.shape[0], nlist):
             q = qc[s:e]
             qn = np.einsum("ij,ij->i", q, q)
+            if core is not None and (not use_bisector or nlist <= _GRAM_MAX_NLIST):
+                core.ivf_cell_bounds(np.ascontiguousarray(q @ cent.T), qn, cn, self._radii, self._cell_slack,
+                                     self._inverse_gap_bounds() if use_bisector else None, _BISECTOR_REFS,
+                                     g, deflate, out[s:e], self._n_threads)  # fmt: skip
+                out[s:e, self._empty] = np.inf
+                continue
             d2 = qn[:, None] + cn[None, :] - 2.0 * (q @ cent.T)
             err = g * (qn[:, None] + cn[None, :])
             lo = np.maximum(d2 - err, 0.0)
             low = np.maximum(0.0, np.sqrt(lo) * deflate - self._radii[None, :])
-            if nlist > 1 and np.isfinite(self._cell_slack).all():
+            if use_bisector:
                 rows = np.arange(e - s)
                 n_ref = min(_BISECTOR_REFS, nlist)
                 refs = np.argpartition(d2, n_ref - 1, axis=1)[:, :n_ref] if n_ref < nlist else \
@@ -476,6 +492,24 @@ class TrainingIndex:
             low[:, self._empty] = np.inf
             out[s:e] = low
         return out
+
+    def _inverse_gap_bounds(self) -> np.ndarray:
+        """(nlist, nlist) float32 lower bounds of 1 / (2 ||mu_r - mu_c||), 0 on the diagonal and
+        for coincident centroids (computed once; the distances raised by their float64 GEMM-form
+        rounding bound, the float32 values rounded down)."""
+        if getattr(self, "_inv_gap", None) is None:
+            cent = self._centroids
+            cn = np.einsum("ij,ij->i", cent, cent)
+            g = 2.0 * _gamma(self.d + 4, _U64)
+            nu2 = cn[:, None] + cn[None, :] - 2.0 * (cent @ cent.T)
+            nu2 += g * (cn[:, None] + cn[None, :])
+            nu = np.sqrt(np.maximum(nu2, 0.0)) * (1.0 + 8.0 * _U64)
+            with np.errstate(divide="ignore"):
+                inv = np.where(nu > 0, 0.5 / nu, 0.0) * (1.0 - 8.0 * _U64)
+            np.fill_diagonal(inv, 0.0)
+            inv32 = inv.astype(np.float32)
+            self._inv_gap = np.where(inv32 > inv, np.nextafter(inv32, np.float32(0)), inv32)
+        return self._inv_gap
 
     def _cell_bound(self, qc, probed):
         """min over unprobed non-empty cells of max(0, ||y - mu_c|| - R_c)^2 (deflated), inf if none."""

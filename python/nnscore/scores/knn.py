@@ -23,13 +23,17 @@ result's final cast to a float32 query dtype is not included.  A query whose bou
 engine (``fallback="exact"``; its ``error_bound`` is then the dense engine's accuracy target,
 which its rounding model guarantees but which is not an a-posteriori certificate) or raises
 (``fallback="error"``).  HNSW indexes give no certificate: their queries are ``"uncertified"``
-(``error_bound`` NaN) and never fall back.
+(``error_bound`` NaN) and never fall back.  Where ``tol`` is below what float64 resolves (a
+query far from the data at tiny noise: logits of size |m| carry errors ~ d u64 |m|), the query
+is computed exactly, its ``error_bound`` states the accuracy obtained, and a
+:class:`~nnscore.PrecisionWarning` says how many queries that concerns.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -37,6 +41,7 @@ from .. import backends as _backends
 from .. import schedules as _schedules
 from .._threads import effective_n_threads
 from .._validation import check_int
+from ..exceptions import PrecisionWarning
 from ..index.faiss_index import TrainingIndex
 from ..partials import Partial, empty_partial, merge
 from .base import ScoreModel, schedule_coefficients
@@ -71,10 +76,34 @@ def _lse(a: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def _log_g(r: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """log g(r) = log sup_{u >= r} u exp(-u^2 / (2 s^2)) (science.md §3.2 (iii))."""
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         far = np.log(np.maximum(r, 1e-300)) - r * r / (2.0 * sigma * sigma)
     near = np.log(sigma) - 0.5
     return np.where(r >= sigma, far, near)
+
+
+def _select_cells(low2, log_mass, sigma, thr, probed, n_threads) -> None:
+    """probed (uint8) |= cells whose tail term log_mass - low2 / (2 sigma^2) exceeds thr."""
+    if _backends.HAS_CORE:
+        _backends._core.ivf_select_cells(low2, log_mass, sigma, thr, probed, n_threads)
+        return
+    probed |= (log_mass[None, :] - low2 / (2.0 * sigma * sigma)[:, None] > thr[:, None]).astype(np.uint8)
+
+
+def _tail_sums(low2, log_mass, sigma, probed, n_threads):
+    """(log_t, log_g) over each query's unprobed cells (see nnscore/ivf_bounds.hpp)."""
+    low2 = np.ascontiguousarray(low2, dtype=np.float64)
+    if _backends.HAS_CORE:
+        log_t, log_g = np.empty(low2.shape[0]), np.empty(low2.shape[0])
+        _backends._core.ivf_tail_sums(low2, log_mass, sigma, probed, log_t, log_g, n_threads)
+        return log_t, log_g
+    skip = probed.astype(bool) | np.isinf(low2)
+    s = sigma[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_t = _lse(np.where(skip, -np.inf, log_mass[None, :] - low2 / (2.0 * s * s)), axis=1)
+        log_g = _lse(np.where(skip, -np.inf, log_mass[None, :] + _log_g(np.sqrt(low2), s)), axis=1)
+    up = math.log1p(2.0 * low2.shape[1] * 2.0**-53)
+    return log_t + up, log_g + up
 
 
 @dataclasses.dataclass
@@ -205,8 +234,17 @@ class KNNScore(ScoreModel):
         if cache is not None:
             cache._last_sets = cert.sets
         res = result_from_partial(cert.partial, y, alpha, s, self.shape, out_dtype, self.backend)
-        return dataclasses.replace(res, error_bound=self._bound_in_units(cert, alpha, st), path=cert.path,
-                                   k_used=cert.k_used)  # fmt: skip
+        bound = self._bound_in_units(cert, alpha, st)
+        if self.tol is not None:
+            unresolved = int(np.sum(bound > self.tol))
+            if unresolved:
+                warnings.warn(
+                    f"{unresolved} of {bound.size} queries: tol={self.tol} ({self.tol_kind}) is below what float64 "
+                    "resolves there (far from the data or at tiny noise); they were computed exactly and their "
+                    "error_bound is the accuracy guaranteed instead",
+                    PrecisionWarning, stacklevel=3,
+                )  # fmt: skip
+        return dataclasses.replace(res, error_bound=bound, path=cert.path, k_used=cert.k_used)
 
     def _partials_ve(self, y: np.ndarray, sigma: np.ndarray) -> Partial:
         return self._certified_ve(y, sigma, np.ones(y.shape[0]), None).partial
@@ -245,12 +283,43 @@ class KNNScore(ScoreModel):
     def _threads(self, work: float) -> int:
         return effective_n_threads(self.n_threads, work)
 
+    def _log_s(self, p: Partial) -> np.ndarray:
+        """log S_K in the units of the tail masses (pi / max pi: the kernels' shifted log weights)."""
+        with np.errstate(divide="ignore"):
+            return p.m - self.data.log_w_shift + np.log(p.z)
+
+    def _rounding(self, p: Partial, n_terms) -> tuple[np.ndarray, np.ndarray]:
+        """(relative error of float64 sums, absolute error of the logits) of a computed partial.
+
+        Sums of n_terms terms of d products: <= (n_terms + d + 8) u64, doubled for v/z.  A
+        squared distance in float64 difference form is within (d + 3) u64 of its size, so a logit
+        -||y - x||^2 / (2 s^2) of the terms that matter (within ~50 of the max |m|) is off by
+        e <= (d + 4) u64 (|m| + 50): log p moves by <= e and D by <= (e^{2e} - 1) sqrt(tr C)
+        (D' - D = sum (lambda'_i - lambda_i)(x_i - D), |lambda'_i - lambda_i| <= (e^{2e} - 1)
+        lambda_i, then Cauchy-Schwarz; see :meth:`_spread`).  Far from the data at tiny sigma
+        this can dominate: it is what float64 resolves there (science.md §1.4(a)).
+        """
+        rel = 4.0 * _U64 * (np.asarray(n_terms, dtype=np.float64) + self.dim + 8)
+        logit = 1.01 * _U64 * (self.dim + 4) * (np.abs(p.m - self.data.log_w_shift) + 50.0)
+        return rel, logit
+
+    def _spread(self, p: Partial, rel) -> np.ndarray:
+        """Bound of sum_i lambda_i ||x_i - D|| (what relative weight errors move D by): the smaller
+        of sqrt(tr C) (the computed q/z - ||v/z||^2, which cancels far from the data, plus 4 rel
+        q/z for that) and (1 - lambda_top) 2R (the top weight is exactly 1 of z in a partial;
+        writing D' - D = sum (lambda'_i - lambda_i)(x_i - x_top))."""
+        second = p.q / p.z
+        delta = p.v / p.z[:, None]
+        trace = second - np.einsum("ij,ij->i", delta, delta)
+        off_top = np.maximum(p.z - 1.0, 0.0) / p.z
+        return np.minimum(np.sqrt(np.maximum(trace, 0.0) + 4.0 * rel * second),
+                          off_top * 2.0 * self.data.radius * (1.0 + 1e-12))  # fmt: skip
+
     def _finish_bounds(self, p: Partial, y, st, log_t, log_gsum, n_terms):
         """Bounds (ii)/(iii) and (i) of a candidate partial ``p`` over ``n_terms`` rows, with log
         tail mass ``log_t`` (log sum over excluded j of pi_j e^{-r_j^2/2s^2}) and ``log_gsum``
-        (log sum pi_j g(r_j)); plus a float64 rounding allowance of the partial's sums."""
-        with np.errstate(divide="ignore"):
-            log_s = p.m + np.log(p.z)
+        (log sum pi_j g(r_j)); plus the float64 rounding allowance of :meth:`_rounding`."""
+        log_s = self._log_s(p)
         with np.errstate(over="ignore", invalid="ignore"):
             lr = log_t - log_s  # log ratio
             ratio = np.exp(lr)
@@ -264,12 +333,12 @@ class KNNScore(ScoreModel):
         with np.errstate(over="ignore", invalid="ignore"):
             b3 = np.exp(log_gsum - log_s) + r_y * ratio
         b3 = np.where(np.isnan(b3), np.inf, b3)
-        # float64 sums of n_terms terms of d products: relative error <= (n_terms + d + 4) u64,
-        # doubled for the ratio v/z, applied to every length in play.
-        rel = 4.0 * _U64 * (np.asarray(n_terms, dtype=np.float64) + self.dim + 8)
-        bound_d = np.where(np.isneginf(log_t), 0.0, np.minimum(b2, b3)) + rel * (R + dist_c + r_y)
-        with np.errstate(over="ignore"):
-            bound_logp = np.where(np.isneginf(log_t), 0.0, np.log1p(ratio)) + rel * (1.0 + np.abs(log_s))
+        rel, logit = self._rounding(p, n_terms)
+        bound_d = np.where(np.isneginf(log_t), 0.0, np.minimum(b2, b3)) + rel * (R + dist_c + r_y) \
+            + np.expm1(2.0 * logit) * self._spread(p, rel)
+        with np.errstate(over="ignore", invalid="ignore"):
+            truncation = np.where(np.isneginf(log_t), 0.0, np.logaddexp(0.0, lr))
+        bound_logp = truncation + rel * (1.0 + np.abs(log_s)) + logit
         return bound_d, bound_logp
 
     def _certified_ve(self, y, st, alpha, cache) -> _Certified:
@@ -303,22 +372,28 @@ class KNNScore(ScoreModel):
     def _dense(self, y, st, eta, rho, rows, out):
         parts, bound_d, bound_logp, path, k_used, sets = out
         R = self.data.radius
-        # The dense engine's accuracy target: logit errors <= fast_tol move D by <= 2 fast_tol R
-        # and log p by <= fast_tol; lower it when the tolerance asks for more.
+        # The dense engine keeps GEMM-form logit errors below fast_tol under its sqrt(d) rounding
+        # model (for the mass it does not recompute exactly); the worst case is (d + 2) /
+        # (sqrt(d) + 2) times that.  Logit errors <= e move D by <= (e^{2e} - 1) 2R and log p by
+        # <= e: fast_tol is lowered until the worst case meets half of tol.
+        worst = (self.dim + 2.0) / (math.sqrt(self.dim) + 2.0)
         ftol = _backends.FAST_TOL[self.dtype]
         if self.tol is not None:
             if self.tol_kind == "log_density":
-                ftol = min(ftol, 0.5 * self.tol)
+                ftol = min(ftol, 0.5 * self.tol / worst)
             elif R > 0:
-                ftol = min(ftol, 0.5 * float(np.min(eta[rows])) / (2.0 * R))
+                ftol = min(ftol, 0.25 * float(np.min(eta[rows])) / (2.0 * R * worst))
         work = 4.0 * rows.size * self.n_train * self.dim
         p = _backends.partials_dense(self.backend, np.ascontiguousarray(y[rows]), st[rows], self.data,
                                      self._threads(work), fast_tol=ftol)  # fmt: skip
         _scatter(parts, rows, p)
-        # plus float64 rounding of exactly recomputed logits (relative to their size)
-        rel = 4.0 * _U64 * (self.dim + 8)
-        bound_d[rows] = 2.0 * ftol * R + rel * 2.0 * R
-        bound_logp[rows] = ftol + rel * (1.0 + np.abs(p.m) + np.abs(np.log(p.z)))
+        rel, logit = self._rounding(p, self.n_train)  # exactly recomputed terms: float64 rounding
+        delta = p.v / p.z[:, None]
+        dk_c = y[rows].astype(np.float64) + delta - self.data.center.astype(np.float64)
+        lengths = R + np.sqrt(np.einsum("ij,ij->i", dk_c, dk_c)) + np.sqrt(np.einsum("ij,ij->i", delta, delta))
+        bound_d[rows] = np.expm1(2.0 * ftol * worst) * 2.0 * R + np.expm1(2.0 * logit) * self._spread(p, rel) \
+            + rel * lengths
+        bound_logp[rows] = ftol * worst + rel * (1.0 + np.abs(self._log_s(p))) + logit
         path[rows] = "exact"
         k_used[rows] = self.n_train
 
@@ -383,7 +458,8 @@ class KNNScore(ScoreModel):
         bound_d[good], bound_logp[good] = bd[ok], bl[ok]
         path[good], k_used[good] = name, kp_row[ok]
         for i in np.flatnonzero(ok):
-            sets[rows[i]] = ("knn", ids[i, : kp_row[i]].copy(), float(np.sqrt(r2[i])), y[rows[i]].astype(np.float64))
+            sets[rows[i]] = {"ids": ids[i, : kp_row[i]].copy(), "r": float(np.sqrt(r2[i])),
+                             "y": y[rows[i]].astype(np.float64)}  # fmt: skip
         return rows[~ok]
 
     def _log_mass_out(self, ids: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -415,97 +491,120 @@ class KNNScore(ScoreModel):
         idx = self.index
         yb = y[rows]
         sb = st[rows]
-        s2 = 2.0 * sb * sb
-        low2 = idx.cell_lower_bounds(yb)  # (B, nlist)
-        log_tail = self._log_cell_mass[None, :] - low2 / s2[:, None]
+        low2 = idx.cell_lower_bounds(yb)  # (B, nlist) squared distance lower bounds per cell
         nlist = low2.shape[1]
-        probed = np.zeros(low2.shape, dtype=bool)
+        probed = np.zeros(low2.shape, dtype=np.uint8)
+        nearest = np.argmin(low2, axis=1)
+        order = np.argsort(nearest, kind="stable")  # queries of one cell together: rows stay in cache
         if self.tol is None:
             npr = min(nlist, idx.nprobe)
-            first = np.argpartition(low2, npr - 1, axis=1)[:, :npr] if npr < nlist else np.tile(np.arange(nlist), (rows.size, 1))
-            np.put_along_axis(probed, first, True, axis=1)
+            first = np.argpartition(low2, npr - 1, axis=1)[:, :npr] if npr < nlist else \
+                np.tile(np.arange(nlist), (rows.size, 1))
+            np.put_along_axis(probed, first, 1, axis=1)
         else:
-            probed[np.arange(rows.size), np.argmin(low2, axis=1)] = True
-            if cache is not None:
+            probed[np.arange(rows.size), nearest] = 1
+            if cache is not None:  # warm start: the cells that certified this row last time
                 for i, r in enumerate(rows):
-                    prev = cache.previous_cells(r)
-                    if prev is not None:
-                        probed[i, prev] = True
-        p = self._cells_partial(yb, sb, probed)
+                    prev = cache.entry(r)
+                    if prev is not None and "cells" in prev:
+                        probed[i, prev["cells"]] = 1
+        p = self._cells_partial(yb, sb, probed, order)
+        too_many = np.zeros(rows.size, dtype=bool)
         if self.tol is not None:
-            log_s = p.m + np.log(p.z)
-            n_un = np.maximum((~probed).sum(axis=1), 1)
+            log_s = self._log_s(p)
             with np.errstate(divide="ignore"):
-                thr = np.log(rho[rows] / 2.0) - np.log(n_un) + log_s
-            extra = ~probed & (log_tail > thr[:, None])
-            need = (probed | extra) @ self._cell_sizes
-            too_many = need > IVF_SCAN_FRACTION * self.n_train
-            extra[too_many] = False
+                # every cell left out contributes below rho/2 / (cells left) of S_K: tail <= rho S_K / 2
+                thr = np.log(rho[rows] / 2.0) - np.log(nlist) + log_s
+            before = probed.copy()
+            _select_cells(low2, self._log_cell_mass, sb, thr, probed, self._threads(low2.size))
+            extra = probed & ~before
+            too_many = probed.astype(bool) @ self._cell_sizes > IVF_SCAN_FRACTION * self.n_train
+            extra[too_many] = 0
+            probed[too_many] = before[too_many]
             if extra.any():
-                p = merge(p, self._cells_partial(yb, sb, extra))
+                p = merge(p, self._cells_partial(yb, sb, extra, order))
                 p = dataclasses.replace(p, log_mass=self.data.log_mass)
-                probed |= extra
-        else:
-            too_many = np.zeros(rows.size, dtype=bool)
-        unprobed_tail = np.where(probed, -np.inf, log_tail)
-        log_t = _lse(unprobed_tail, axis=1)
-        log_g_cells = self._log_cell_mass[None, :] + _log_g(np.sqrt(low2), sb[:, None])
-        log_g = _lse(np.where(probed, -np.inf, log_g_cells), axis=1)
-        scanned = probed @ self._cell_sizes
+        log_t, log_g = _tail_sums(low2, self._log_cell_mass, sb, probed, self._threads(low2.size))
+        scanned = probed.astype(bool) @ self._cell_sizes
         bd, bl = self._finish_bounds(p, yb, sb, log_t, log_g, scanned)
         ok = self._meets(bd, bl, eta[rows]) & ~too_many & np.isfinite(p.m)
         good = rows[ok]
-        p = dataclasses.replace(p, top1=np.where(p.top1 >= 0, idx.cell_order[np.maximum(p.top1, 0)], -1))
+        p = dataclasses.replace(p, top1=self._original_rows(p.top1))
         _scatter(parts, good, _take(p, ok))
         bound_d[good], bound_logp[good] = bd[ok], bl[ok]
         path[good] = "ivf-certified"
         k_used[good] = scanned[ok]
-        for i in np.flatnonzero(ok):
-            sets[rows[i]] = ("ivf", np.flatnonzero(probed[i]))
+        if cache is not None:
+            for i in np.flatnonzero(ok):
+                sets[rows[i]] = {"cells": np.flatnonzero(probed[i]), "low": np.sqrt(low2[i]),
+                                 "y": yb[i].astype(np.float64)}  # fmt: skip
         return rows[~ok]
 
-    def _cells_partial(self, yb, sb, cells: np.ndarray) -> Partial:
-        """Exact partial of each query over the rows of its selected cells ((B, nlist) mask)."""
-        q_of, c_of = np.nonzero(cells)
+    def _cells_partial(self, yb, sb, cells: np.ndarray, order=None) -> Partial:
+        """Exact partial of each query over the rows of its selected cells ((B, nlist) mask),
+        computed in the query order ``order`` (results in the original order)."""
+        if order is None:
+            order = np.arange(cells.shape[0])
+        q_of, c_of = np.nonzero(cells[order])
         offsets = np.concatenate([[0], np.cumsum(np.bincount(q_of, minlength=cells.shape[0]))]).astype(np.int64)
         seg = _backends.Segments(offsets, self.index.cell_offsets[c_of].astype(np.int64),
                                  self._cell_sizes[c_of].astype(np.int64))  # fmt: skip
-        return self._segments(yb, sb, self._sorted, self._sorted_log_w, seg)
+        p = self._segments(yb[order], sb[order], self._sorted, self._sorted_log_w, seg)
+        inv = np.empty_like(order)
+        inv[order] = np.arange(order.size)
+        return _take(p, inv)
 
     # -- sampler cache --------------------------------------------------------------------------
     def _from_cache(self, y, st, eta, rho, cache, rows, out):
-        """kNN: certify rows with their previous candidate set and r' = r - ||y - y_old||."""
+        """Certify rows with their cached candidate set (science.md §3.3): every excluded row was
+        at distance >= r (kNN) or >= L_c (IVF cell c) from the query y_s of the search, so it is
+        at distance >= r - ||y - y_s|| from y.  Returns the rows that still need a search."""
         parts, bound_d, bound_logp, path, k_used, sets = out
-        if self.index.kind == "ivf":
-            return rows  # IVF warm-starts from the cached cells instead (see _ivf_block)
-        hits = [i for i in rows if cache.entry(i) is not None]
-        if not hits:
+        hits = np.asarray([i for i in rows if cache.entry(i) is not None], dtype=np.int64)
+        if not hits.size:
             return rows
-        hits = np.asarray(hits)
-        ids_list, r_old, y_old = zip(*[cache.entry(i)[1:] for i in hits])
-        kp = np.array([a.size for a in ids_list])
-        seg = _backends.Segments(np.concatenate([[0], np.cumsum(kp)]).astype(np.int64),
-                                 np.concatenate(ids_list).astype(np.int64), np.ones(int(kp.sum()), dtype=np.int64))
-        p = self._segments(y[hits], st[hits], self.data.points, self.data.log_w, seg)
-        moved = np.sqrt(np.sum((y[hits].astype(np.float64) - np.stack(y_old)) ** 2, axis=1)) * (1.0 + 1e-12)
-        r = np.maximum(np.asarray(r_old) - moved, 0.0)
+        entries = [cache.entry(i) for i in hits]
+        y_old = np.stack([e["y"] for e in entries])
+        moved = np.sqrt(np.sum((y[hits].astype(np.float64) - y_old) ** 2, axis=1)) * (1.0 + 1e-12)
         s2 = 2.0 * st[hits] ** 2
-        if self._w is None:
-            log_out = self._log_mass_out(np.zeros((hits.size, 0), dtype=np.int64), kp)
+        if self.index.kind == "ivf":
+            cells = np.zeros((hits.size, self.index.nlist), dtype=np.uint8)
+            low = np.stack([e["low"] for e in entries])  # (H, nlist) distance lower bounds at y_s
+            for i, e in enumerate(entries):
+                cells[i, e["cells"]] = 1
+            p = self._cells_partial(y[hits], st[hits], cells)
+            p = dataclasses.replace(p, top1=self._original_rows(p.top1))
+            low = np.maximum(low - moved[:, None], 0.0)
+            log_t, log_g = _tail_sums(low * low, self._log_cell_mass, st[hits], cells, self._threads(low.size))
+            n_terms = cells.astype(bool) @ self._cell_sizes
         else:
-            log_out = np.array([self._log_mass_out(a[None, :], a.size)[0] for a in ids_list])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_t = np.where(np.isinf(r), -np.inf, log_out - r * r / s2)
-            log_g = np.where(np.isinf(r), -np.inf, log_out + _log_g(r, st[hits]))
-        bd, bl = self._finish_bounds(p, y[hits], st[hits], log_t, log_g, kp)
+            ids_list = [e["ids"] for e in entries]
+            n_terms = np.array([a.size for a in ids_list])
+            seg = _backends.Segments(np.concatenate([[0], np.cumsum(n_terms)]).astype(np.int64),
+                                     np.concatenate(ids_list).astype(np.int64),
+                                     np.ones(int(n_terms.sum()), dtype=np.int64))  # fmt: skip
+            p = self._segments(y[hits], st[hits], self.data.points, self.data.log_w, seg)
+            r = np.maximum(np.array([e["r"] for e in entries]) - moved, 0.0)
+            if self._w is None:
+                log_out = self._log_mass_out(np.zeros((hits.size, 0), dtype=np.int64), n_terms)
+            else:
+                log_out = np.array([self._log_mass_out(a[None, :], a.size)[0] for a in ids_list])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                log_t = np.where(np.isinf(r), -np.inf, log_out - r * r / s2)
+                log_g = np.where(np.isinf(r), -np.inf, log_out + _log_g(r, st[hits]))
+        bd, bl = self._finish_bounds(p, y[hits], st[hits], log_t, log_g, n_terms)
         ok = self._meets(bd, bl, eta[hits]) & np.isfinite(p.m)
         good = hits[ok]
         _scatter(parts, good, _take(p, ok))
         bound_d[good], bound_logp[good] = bd[ok], bl[ok]
-        path[good], k_used[good] = "knn-cached", kp[ok]
+        path[good], k_used[good] = "knn-cached", n_terms[ok]
         for i in good:
-            sets[i] = cache.entry(i)  # keep the search point and radius: r' is always from the search
+            sets[i] = cache.entry(i)  # keep the search's point and radii: r' is always from the search
         return np.setdiff1d(rows, good)
+
+    def _original_rows(self, top1_sorted: np.ndarray) -> np.ndarray:
+        """IVF: map row indices of the cell-sorted copy back to training row ids (-1 stays)."""
+        return np.where(top1_sorted >= 0, self.index.cell_order[np.maximum(top1_sorted, 0)], -1)
 
 
 class KNNSamplerCache(ScoreModel):
@@ -515,7 +614,9 @@ class KNNSamplerCache(ScoreModel):
     different number of rows starts afresh.  For kNN indexes a cached list certifies the moved
     query with the radius ``r - ||y - y_search||`` (science.md §3.3: no excluded point can have
     come closer than that); only rows that fail are searched again (path "knn-cached" vs "knn").
-    For IVF the previous cells seed the probe set.  ``stats`` counts hits and searches.
+    For IVF the cached cells are rescanned and the other cells' distance bounds from the search
+    are lowered by the same ``||y - y_search||`` (no new bound computation); a row that fails is
+    searched again, its previous cells seeding the probe set.  ``stats`` counts hits and searches.
     """
 
     def __init__(self, model: KNNScore):
@@ -533,12 +634,8 @@ class KNNSamplerCache(ScoreModel):
         return self.model.train
 
     def entry(self, i):
-        e = self._sets[i] if i < len(self._sets) else None
-        return e if e is not None and e[0] == "knn" else None
-
-    def previous_cells(self, i):
-        e = self._sets[i] if i < len(self._sets) else None
-        return e[1] if e is not None and e[0] == "ivf" else None
+        """Row i's cached candidate set (a dict), or None."""
+        return self._sets[i] if i < len(self._sets) else None
 
     def reset(self) -> None:
         self._sets = []

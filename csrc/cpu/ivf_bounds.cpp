@@ -1,0 +1,121 @@
+// See nnscore/ivf_bounds.hpp.  Plain loops over contiguous rows (auto-vectorised); one query
+// per work item on the thread pool.
+#include "nnscore/ivf_bounds.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "nnscore/thread_pool.hpp"
+
+namespace nnscore {
+
+void ivf_cell_bounds(const IvfBoundsProblem& P, double* out, int n_threads) {
+  NNSCORE_CHECK(P.nlist >= 1 && P.B >= 0, "ivf_cell_bounds: need nlist >= 1");
+  const index_t nlist = P.nlist;
+  const int n_refs = static_cast<int>(std::min<index_t>(P.n_refs, nlist));
+  std::vector<std::vector<double>> scratch(static_cast<std::size_t>(std::max(1, n_threads)),
+                                           std::vector<double>(2 * nlist));
+  parallel_for(P.B, n_threads, [&](index_t b, int w) {
+    double* lo = scratch[w].data();
+    double* hi = lo + nlist;
+    double* L = out + b * nlist;
+    const double* G = P.G + b * nlist;
+    const double qn = P.qn[b];
+    for (index_t c = 0; c < nlist; ++c) {
+      const double d2 = qn + P.cn[c] - 2.0 * G[c];
+      const double err = P.g * (qn + P.cn[c]);
+      lo[c] = std::max(d2 - err, 0.0);
+      hi[c] = d2 + err;
+      L[c] = std::max(0.0, std::sqrt(lo[c]) * P.deflate - P.radii[c]);
+    }
+    if (P.inv_gap != nullptr && n_refs > 0) {
+      // the n_refs centroids nearest to the query (by the upper bracket), a small insertion list
+      std::vector<index_t> refs;
+      refs.reserve(n_refs + 1);
+      for (index_t c = 0; c < nlist; ++c) {
+        if (static_cast<int>(refs.size()) == n_refs && hi[c] >= hi[refs.back()]) continue;
+        auto pos = std::upper_bound(refs.begin(), refs.end(), c, [&](index_t a, index_t r) { return hi[a] < hi[r]; });
+        refs.insert(pos, c);
+        if (static_cast<int>(refs.size()) > n_refs) refs.pop_back();
+      }
+      for (index_t r : refs) {
+        const float* inv = P.inv_gap + r * nlist;  // 1 / (2 nu_rc), 0 where no bound
+        const double h0 = hi[r];
+        for (index_t c = 0; c < nlist; ++c) L[c] = std::max(L[c], (lo[c] - h0 - P.slack[c]) * static_cast<double>(inv[c]));
+      }
+    }
+    for (index_t c = 0; c < nlist; ++c) {
+      const double l = L[c] * P.deflate;
+      L[c] = l * l * P.deflate;
+    }
+  });
+}
+
+}  // namespace nnscore
+
+namespace nnscore {
+
+void ivf_select_cells(const double* low2, const double* log_mass, const double* sigma, const double* thr, index_t B,
+                      index_t nlist, std::uint8_t* probed, int n_threads) {
+  parallel_for(B, n_threads, [&](index_t b, int) {
+    const double inv = 0.5 / (sigma[b] * sigma[b]);
+    const double* l2 = low2 + b * nlist;
+    std::uint8_t* pr = probed + b * nlist;
+    for (index_t c = 0; c < nlist; ++c) pr[c] |= static_cast<std::uint8_t>(log_mass[c] - l2[c] * inv > thr[b]);
+  });
+}
+
+void ivf_tail_sums(const double* low2, const double* log_mass, const double* sigma, const std::uint8_t* probed,
+                   index_t B, index_t nlist, double* log_t, double* log_g, int n_threads) {
+  constexpr double ninf = -std::numeric_limits<double>::infinity();
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  std::vector<std::vector<double>> scratch(static_cast<std::size_t>(std::max(1, n_threads)),
+                                           std::vector<double>(2 * nlist));
+  parallel_for(B, n_threads, [&](index_t b, int w) {
+    double* t = scratch[w].data();
+    double* g = t + nlist;
+    const double s = sigma[b], inv = 0.5 / (s * s), log_near = std::log(s) - 0.5;
+    const double* l2 = low2 + b * nlist;
+    const std::uint8_t* pr = probed + b * nlist;
+    // Pass 1 (cheap, every cell): tail logits t_c and their max.
+    double mt = ninf, l2max = 0;
+    for (index_t c = 0; c < nlist; ++c) {
+      const bool skip = pr[c] || !(l2[c] < inf);
+      t[c] = skip ? ninf : log_mass[c] - l2[c] * inv;
+      mt = std::max(mt, t[c]);
+      l2max = std::max(l2max, skip ? 0.0 : l2[c]);
+    }
+    if (mt == ninf) {
+      log_t[b] = ninf;
+      log_g[b] = ninf;
+      return;
+    }
+    // Cells with t_c < mt - cut have exp(t_c - mt) = 0 and, since g_c <= t_c + log r_c while
+    // the max g is >= mt + log(s) - 1/2, exp(g_c - max g) = 0 too: they are skipped exactly.
+    const double cut = 746.0 + std::max(0.0, 0.5 * std::log(l2max) - std::log(s)) + 1.0;
+    index_t n = 0;
+    double mg = ninf;
+    for (index_t c = 0; c < nlist; ++c) {
+      if (!(t[c] >= mt - cut)) continue;
+      const double r = std::sqrt(l2[c]);
+      t[n] = t[c];
+      g[n] = log_mass[c] + (r >= s ? std::log(r) - l2[c] * inv : log_near);
+      mg = std::max(mg, g[n]);
+      ++n;
+    }
+    double st = 0, sg = 0;
+    for (index_t i = 0; i < n; ++i) {
+      st += std::exp(t[i] - mt);
+      sg += std::exp(g[i] - mg);
+    }
+    // sums of positive terms: relative rounding <= nlist u, covered by a (1 + 2 nlist u) factor
+    const double up = std::log1p(2.0 * static_cast<double>(nlist) * 1.1102230246251565e-16);
+    log_t[b] = mt + std::log(st) + up;
+    log_g[b] = mg + std::log(sg) + up;
+  });
+}
+
+}  // namespace nnscore
