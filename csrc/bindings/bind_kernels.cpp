@@ -230,8 +230,8 @@ void register_kernels(py::module_& m) {
         py::arg("slack").noconvert(), py::arg("inv_gap").noconvert(), py::arg("n_refs"), py::arg("g"), py::arg("deflate"),
         py::arg("out").noconvert(), py::arg("n_threads"));
   m.def("ivf_select_cells", &bind_select_cells,
-        "ivf_select_cells(low2, log_mass, sigma, thr, probed, n_threads): probed |= cells whose tail term\n"
-        "log_mass - low2 / (2 sigma^2) exceeds thr (per query).",
+        "ivf_select_cells(low2, log_mass, sigma, thr, probed, n_threads): marks the cells to scan so that\n"
+        "the unprobed tail sum of Pi_c exp(-low2 / 2 sigma^2) stays below exp(thr) (per query).",
         py::arg("low2").noconvert(), py::arg("log_mass").noconvert(), py::arg("sigma").noconvert(),
         py::arg("thr").noconvert(), py::arg("probed").noconvert(), py::arg("n_threads"));
   m.def("ivf_tail_sums", &bind_tail_sums,

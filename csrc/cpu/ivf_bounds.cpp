@@ -3,6 +3,7 @@
 #include "nnscore/ivf_bounds.hpp"
 
 #include <algorithm>
+#include <utility>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -58,13 +59,37 @@ void ivf_cell_bounds(const IvfBoundsProblem& P, double* out, int n_threads) {
 
 namespace nnscore {
 
-void ivf_select_cells(const double* low2, const double* log_mass, const double* sigma, const double* thr, index_t B,
-                      index_t nlist, std::uint8_t* probed, int n_threads) {
-  parallel_for(B, n_threads, [&](index_t b, int) {
-    const double inv = 0.5 / (sigma[b] * sigma[b]);
+void ivf_select_cells(const double* low2, const double* log_mass, const double* sigma, const double* log_budget,
+                      index_t B, index_t nlist, std::uint8_t* probed, int n_threads) {
+  constexpr double ninf = -std::numeric_limits<double>::infinity();
+  std::vector<std::vector<std::pair<double, index_t>>> scratch(static_cast<std::size_t>(std::max(1, n_threads)));
+  parallel_for(B, n_threads, [&](index_t b, int w) {
+    const double inv = 0.5 / (sigma[b] * sigma[b]), lb = log_budget[b];
     const double* l2 = low2 + b * nlist;
     std::uint8_t* pr = probed + b * nlist;
-    for (index_t c = 0; c < nlist; ++c) pr[c] |= static_cast<std::uint8_t>(log_mass[c] - l2[c] * inv > thr[b]);
+    // Cells below budget / nlist stay out whatever happens (their total is below the budget);
+    // the others are left out smallest first while the running total fits, the rest probed.
+    const double cut = lb - std::log(static_cast<double>(nlist));
+    auto& cand = scratch[w];
+    cand.clear();
+    double total = 0;  // relative to the budget
+    for (index_t c = 0; c < nlist; ++c) {
+      if (pr[c]) continue;
+      const double t = log_mass[c] - l2[c] * inv;  // -inf for empty cells
+      if (t == ninf) continue;
+      if (t <= cut) {
+        if (t - lb > -746.0) total += std::exp(t - lb);  // below that exp is 0 anyway
+      } else
+        cand.emplace_back(t, c);
+    }
+    std::sort(cand.begin(), cand.end());
+    std::size_t i = 0;
+    for (; i < cand.size(); ++i) {
+      const double add = std::exp(cand[i].first - lb);
+      if (total + add > 1.0) break;
+      total += add;
+    }
+    for (; i < cand.size(); ++i) pr[cand[i].second] = 1;
   });
 }
 

@@ -35,9 +35,11 @@ void ivf_cell_bounds(const IvfBoundsProblem& problem, double* out, int n_threads
 
 namespace nnscore {
 
-/// probed[b, c] |= log_mass[c] - low2[b, c] / (2 sigma_b^2) > thr[b]   (cells worth scanning).
-void ivf_select_cells(const double* low2, const double* log_mass, const double* sigma, const double* thr, index_t B,
-                      index_t nlist, std::uint8_t* probed, int n_threads);
+/// Marks in `probed` the cells to scan so that the unprobed tail sum
+/// sum_c Pi_c exp(-low2[b, c] / 2 sigma_b^2) stays below exp(log_budget[b]): the smallest terms
+/// are left out first.
+void ivf_select_cells(const double* low2, const double* log_mass, const double* sigma, const double* log_budget,
+                      index_t B, index_t nlist, std::uint8_t* probed, int n_threads);
 
 /// Over the unprobed cells of each query: log_t = log sum_c Pi_c exp(-L_c^2 / 2s^2) and
 /// log_g = log sum_c Pi_c g(L_c) (science.md §3.2 (i)-(iii) with per-cell radii), rounded up.

@@ -493,6 +493,11 @@ class TrainingIndex:
             out[s:e] = low
         return out
 
+    def prepare_bounds(self) -> None:
+        """Precompute what :meth:`cell_lower_bounds` needs once (IVF; a no-op otherwise)."""
+        if self._ivf is not None and np.isfinite(self._cell_slack).all() and self.nlist <= _GRAM_MAX_NLIST:
+            self._inverse_gap_bounds()
+
     def _inverse_gap_bounds(self) -> np.ndarray:
         """(nlist, nlist) float32 lower bounds of 1 / (2 ||mu_r - mu_c||), 0 on the diagonal and
         for coincident centroids (computed once; the distances raised by their float64 GEMM-form

@@ -82,12 +82,20 @@ def _log_g(r: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     return np.where(r >= sigma, far, near)
 
 
-def _select_cells(low2, log_mass, sigma, thr, probed, n_threads) -> None:
-    """probed (uint8) |= cells whose tail term log_mass - low2 / (2 sigma^2) exceeds thr."""
+def _select_cells(low2, log_mass, sigma, log_budget, probed, n_threads) -> None:
+    """Mark in ``probed`` (uint8) the cells to scan so that the unprobed tail sum stays below
+    exp(log_budget): the smallest tail terms are left out first (nnscore/ivf_bounds.hpp)."""
     if _backends.HAS_CORE:
-        _backends._core.ivf_select_cells(low2, log_mass, sigma, thr, probed, n_threads)
+        _backends._core.ivf_select_cells(low2, log_mass, sigma, log_budget, probed, n_threads)
         return
-    probed |= (log_mass[None, :] - low2 / (2.0 * sigma * sigma)[:, None] > thr[:, None]).astype(np.uint8)
+    with np.errstate(divide="ignore"):
+        rel = log_mass[None, :] - low2 / (2.0 * sigma * sigma)[:, None] - log_budget[:, None]
+    rel[probed.astype(bool)] = -np.inf
+    order = np.argsort(rel, axis=1)
+    cum = np.cumsum(np.exp(np.take_along_axis(rel, order, axis=1)), axis=1)
+    scan = np.zeros_like(probed)
+    np.put_along_axis(scan, order, (cum > 1.0).astype(np.uint8), axis=1)
+    probed |= scan
 
 
 def _tail_sums(low2, log_mass, sigma, probed, n_threads):
@@ -199,6 +207,7 @@ class KNNScore(ScoreModel):
             with np.errstate(divide="ignore"):
                 self._log_cell_mass = np.log(mass)
             self._cell_sizes = sizes
+            self.index.prepare_bounds()  # the one-off O(nlist^2 d) part, not in the first evaluation
 
     # ------------------------------------------------------------------ properties
     @property
@@ -513,8 +522,7 @@ class KNNScore(ScoreModel):
         if self.tol is not None:
             log_s = self._log_s(p)
             with np.errstate(divide="ignore"):
-                # every cell left out contributes below rho/2 / (cells left) of S_K: tail <= rho S_K / 2
-                thr = np.log(rho[rows] / 2.0) - np.log(nlist) + log_s
+                thr = np.log(rho[rows] / 2.0) + log_s  # leave out at most rho S_K / 2 of tail mass
             before = probed.copy()
             _select_cells(low2, self._log_cell_mass, sb, thr, probed, self._threads(low2.size))
             extra = probed & ~before
