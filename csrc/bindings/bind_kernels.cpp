@@ -190,14 +190,17 @@ CellMatrix checked_cells(const py::array_t<double>& low2) {
 }
 
 void bind_select_cells(py::array_t<double> low2, py::array_t<double> log_mass, py::array_t<double> sigma,
-                       py::array_t<double> thr, py::array_t<std::uint8_t> probed, int n_threads) {
+                       py::array_t<double> thr, py::array_t<std::int64_t> cell_rows, double row_budget,
+                       py::array_t<std::uint8_t> probed, py::array_t<std::uint8_t> over_budget, int n_threads) {
   const CellMatrix s = checked_cells(low2);
   const double* lm = checked_vec<double>(log_mass, "log_mass", s.nlist);
   const double* sg = checked_vec<double>(sigma, "sigma", s.B);
   const double* th = checked_vec<double>(thr, "thr", s.B);
+  const std::int64_t* rows = checked_index(cell_rows, "cell_rows", s.nlist);
   std::uint8_t* pr = checked_out(probed, "probed", s.B, s.nlist);
+  std::uint8_t* ob = checked_out(over_budget, "over_budget", s.B);
   py::gil_scoped_release release;
-  ivf_select_cells(low2.data(), lm, sg, th, s.B, s.nlist, pr, n_threads);
+  ivf_select_cells(low2.data(), lm, sg, th, rows, row_budget, s.B, s.nlist, pr, ob, n_threads);
 }
 
 void bind_tail_sums(py::array_t<double> low2, py::array_t<double> log_mass, py::array_t<double> sigma,
@@ -230,10 +233,12 @@ void register_kernels(py::module_& m) {
         py::arg("slack").noconvert(), py::arg("inv_gap").noconvert(), py::arg("n_refs"), py::arg("g"), py::arg("deflate"),
         py::arg("out").noconvert(), py::arg("n_threads"));
   m.def("ivf_select_cells", &bind_select_cells,
-        "ivf_select_cells(low2, log_mass, sigma, thr, probed, n_threads): marks the cells to scan so that\n"
-        "the unprobed tail sum of Pi_c exp(-low2 / 2 sigma^2) stays below exp(thr) (per query).",
+        "ivf_select_cells(low2, log_mass, sigma, thr, cell_rows, row_budget, probed, over_budget, n_threads):\n"
+        "marks the cells to scan so that the unprobed tail sum of Pi_c exp(-low2 / 2 sigma^2) stays below\n"
+        "exp(thr); flags queries whose unavoidable cells exceed row_budget rows.",
         py::arg("low2").noconvert(), py::arg("log_mass").noconvert(), py::arg("sigma").noconvert(),
-        py::arg("thr").noconvert(), py::arg("probed").noconvert(), py::arg("n_threads"));
+        py::arg("thr").noconvert(), py::arg("cell_rows").noconvert(), py::arg("row_budget"),
+        py::arg("probed").noconvert(), py::arg("over_budget").noconvert(), py::arg("n_threads"));
   m.def("ivf_tail_sums", &bind_tail_sums,
         "ivf_tail_sums(low2, log_mass, sigma, probed, log_t, log_g, n_threads): log-sums over the unprobed\n"
         "cells of Pi_c exp(-low2 / 2 sigma^2) and Pi_c g(sqrt(low2)), rounded up.",

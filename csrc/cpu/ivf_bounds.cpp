@@ -60,7 +60,8 @@ void ivf_cell_bounds(const IvfBoundsProblem& P, double* out, int n_threads) {
 namespace nnscore {
 
 void ivf_select_cells(const double* low2, const double* log_mass, const double* sigma, const double* log_budget,
-                      index_t B, index_t nlist, std::uint8_t* probed, int n_threads) {
+                      const std::int64_t* cell_rows, double row_budget, index_t B, index_t nlist,
+                      std::uint8_t* probed, std::uint8_t* over_budget, int n_threads) {
   constexpr double ninf = -std::numeric_limits<double>::infinity();
   std::vector<std::vector<std::pair<double, index_t>>> scratch(static_cast<std::size_t>(std::max(1, n_threads)));
   parallel_for(B, n_threads, [&](index_t b, int w) {
@@ -73,15 +74,23 @@ void ivf_select_cells(const double* low2, const double* log_mass, const double* 
     auto& cand = scratch[w];
     cand.clear();
     double total = 0;  // relative to the budget
+    double must_rows = 0;  // rows of probed cells and of cells that alone exceed the budget
     for (index_t c = 0; c < nlist; ++c) {
-      if (pr[c]) continue;
+      if (pr[c]) {
+        must_rows += static_cast<double>(cell_rows[c]);
+        continue;
+      }
       const double t = log_mass[c] - l2[c] * inv;  // -inf for empty cells
       if (t == ninf) continue;
       if (t <= cut) {
         if (t - lb > -746.0) total += std::exp(t - lb);  // below that exp is 0 anyway
-      } else
+      } else {
         cand.emplace_back(t, c);
+        if (t > lb) must_rows += static_cast<double>(cell_rows[c]);
+      }
     }
+    over_budget[b] = must_rows > row_budget;
+    if (over_budget[b]) return;  // hopeless within the budget: leave it to the caller's fallback
     std::sort(cand.begin(), cand.end());
     std::size_t i = 0;
     for (; i < cand.size(); ++i) {

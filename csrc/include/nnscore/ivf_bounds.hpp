@@ -37,9 +37,12 @@ namespace nnscore {
 
 /// Marks in `probed` the cells to scan so that the unprobed tail sum
 /// sum_c Pi_c exp(-low2[b, c] / 2 sigma_b^2) stays below exp(log_budget[b]): the smallest terms
-/// are left out first.
+/// are left out first.  A query for which the cells that must be scanned (those already probed
+/// and those whose term alone exceeds the budget) hold more than `row_budget` rows is flagged in
+/// `over_budget` and left unmarked.
 void ivf_select_cells(const double* low2, const double* log_mass, const double* sigma, const double* log_budget,
-                      index_t B, index_t nlist, std::uint8_t* probed, int n_threads);
+                      const std::int64_t* cell_rows, double row_budget, index_t B, index_t nlist,
+                      std::uint8_t* probed, std::uint8_t* over_budget, int n_threads);
 
 /// Over the unprobed cells of each query: log_t = log sum_c Pi_c exp(-L_c^2 / 2s^2) and
 /// log_g = log sum_c Pi_c g(L_c) (science.md §3.2 (i)-(iii) with per-cell radii), rounded up.

@@ -58,7 +58,7 @@ __all__ = ["TrainingIndex", "Neighbours", "fp_margin_coefficient"]
 
 _FORMAT_VERSION = 1
 _KINDS = ("flat", "ivf", "hnsw")
-_AUTO_FLAT_MAX = 200_000
+_AUTO_FLAT_MAX = 9_999  # "auto": IVF from 10 000 rows (a flat search costs a dense pass)
 _INDEX_FILE = "index.faiss"
 _META_FILE = "meta.npz"
 _U32 = 2.0**-24
@@ -152,7 +152,7 @@ def _ivf_lists(faiss, ivf):
 class TrainingIndex:
     """k-nearest-neighbour index over training rows with certified exclusion radii.
 
-    Parameters: ``train`` (N, d) or (N, *shape) finite floats; ``kind`` "auto" (flat for N <= 2e5,
+    Parameters: ``train`` (N, d) or (N, *shape) finite floats; ``kind`` "auto" (flat for N < 10 000,
     else IVF with ``nlist ~ 4 sqrt(N)``), "flat", "ivf" or "hnsw" (uncertified); ``metric`` "l2"
     only; ``n_threads`` for faiss (None: ``effective_n_threads()``); ``nlist``/``nprobe`` for IVF;
     ``hnsw_m`` for HNSW; ``rng`` seeds the IVF training subsample and k-means.

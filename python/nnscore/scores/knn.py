@@ -54,12 +54,15 @@ __all__ = ["KNNScore", "KNNSamplerCache", "TOL_KINDS", "KNN_PATHS"]
 TOL_KINDS = ("denoiser_rel", "denoiser_abs", "score", "log_density")
 #: Values of ``ScoreResult.path`` for KNNScore.
 KNN_PATHS = ("knn", "knn-cached", "ivf-certified", "exact", "uncertified")
-#: An IVF query whose certificate needs more rows than this fraction of N goes to the dense engine
-#: (the float64 gathered scan costs several times a dense float32 tile per row).
-IVF_SCAN_FRACTION = 0.125
+#: An IVF query whose certificate needs more rows than this fraction of N (and than 4 mean cells)
+#: goes to the dense engine (the float64 gathered scan costs several times a dense tile per row).
+IVF_SCAN_FRACTION = 1.0 / 8.0
 #: Flat kNN with a single noise level: this many queries are tried first; if most fail the
 #: tolerance the rest of the batch goes straight to the dense engine (the fallback decides early).
 PILOT_QUERIES = 16
+#: Accuracy floor of the dense engine (relative to R, and to |log p|) beyond its fast_tol rule,
+#: as tested (README "Numerics"): float32 1e-6 |log p|; float64 1e-10.
+_DENSE_FLOOR = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-10}
 #: Queries per block of the IVF path (bounds the (block, nlist) bound matrices).
 _IVF_BLOCK = 512
 _U64 = 2.0**-53
@@ -82,12 +85,17 @@ def _log_g(r: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     return np.where(r >= sigma, far, near)
 
 
-def _select_cells(low2, log_mass, sigma, log_budget, probed, n_threads) -> None:
+def _select_cells(low2, log_mass, sigma, log_budget, cell_rows, row_budget, probed, n_threads) -> np.ndarray:
     """Mark in ``probed`` (uint8) the cells to scan so that the unprobed tail sum stays below
-    exp(log_budget): the smallest tail terms are left out first (nnscore/ivf_bounds.hpp)."""
+    exp(log_budget): the smallest tail terms are left out first (nnscore/ivf_bounds.hpp).
+    Returns the (B,) bool mask of queries whose unavoidable cells exceed ``row_budget`` rows
+    (left unmarked)."""
+    cell_rows = np.ascontiguousarray(cell_rows, dtype=np.int64)
     if _backends.HAS_CORE:
-        _backends._core.ivf_select_cells(low2, log_mass, sigma, log_budget, probed, n_threads)
-        return
+        over = np.zeros(low2.shape[0], dtype=np.uint8)
+        _backends._core.ivf_select_cells(low2, log_mass, sigma, log_budget, cell_rows, float(row_budget), probed,
+                                         over, n_threads)  # fmt: skip
+        return over.astype(bool)
     with np.errstate(divide="ignore"):
         rel = log_mass[None, :] - low2 / (2.0 * sigma * sigma)[:, None] - log_budget[:, None]
     rel[probed.astype(bool)] = -np.inf
@@ -96,6 +104,7 @@ def _select_cells(low2, log_mass, sigma, log_budget, probed, n_threads) -> None:
     scan = np.zeros_like(probed)
     np.put_along_axis(scan, order, (cum > 1.0).astype(np.uint8), axis=1)
     probed |= scan
+    return np.zeros(low2.shape[0], dtype=bool)
 
 
 def _tail_sums(low2, log_mass, sigma, probed, n_threads):
@@ -381,28 +390,28 @@ class KNNScore(ScoreModel):
     def _dense(self, y, st, eta, rho, rows, out):
         parts, bound_d, bound_logp, path, k_used, sets = out
         R = self.data.radius
-        # The dense engine keeps GEMM-form logit errors below fast_tol under its sqrt(d) rounding
-        # model (for the mass it does not recompute exactly); the worst case is (d + 2) /
-        # (sqrt(d) + 2) times that.  Logit errors <= e move D by <= (e^{2e} - 1) 2R and log p by
-        # <= e: fast_tol is lowered until the worst case meets half of tol.
-        worst = (self.dim + 2.0) / (math.sqrt(self.dim) + 2.0)
+        # The dense engine's tested accuracy (README "Numerics"): GEMM-form logit errors below
+        # fast_tol under its rounding model, which move D by <= 2 fast_tol R and log p by
+        # <= fast_tol (float32: fast_tol = 5e-6, lowered here when tol asks for more), and a
+        # floor of 1e-10 R for float64 inputs; plus float64 rounding as for the other paths.
         ftol = _backends.FAST_TOL[self.dtype]
         if self.tol is not None:
             if self.tol_kind == "log_density":
-                ftol = min(ftol, 0.5 * self.tol / worst)
+                ftol = min(ftol, 0.45 * self.tol)
             elif R > 0:
-                ftol = min(ftol, 0.25 * float(np.min(eta[rows])) / (2.0 * R * worst))
+                ftol = min(ftol, 0.45 * float(np.min(eta[rows])) / (2.0 * R))
         work = 4.0 * rows.size * self.n_train * self.dim
         p = _backends.partials_dense(self.backend, np.ascontiguousarray(y[rows]), st[rows], self.data,
                                      self._threads(work), fast_tol=ftol)  # fmt: skip
         _scatter(parts, rows, p)
-        rel, logit = self._rounding(p, self.n_train)  # exactly recomputed terms: float64 rounding
+        rel, logit = self._rounding(p, self.n_train)
         delta = p.v / p.z[:, None]
         dk_c = y[rows].astype(np.float64) + delta - self.data.center.astype(np.float64)
         lengths = R + np.sqrt(np.einsum("ij,ij->i", dk_c, dk_c)) + np.sqrt(np.einsum("ij,ij->i", delta, delta))
-        bound_d[rows] = np.expm1(2.0 * ftol * worst) * 2.0 * R + np.expm1(2.0 * logit) * self._spread(p, rel) \
-            + rel * lengths
-        bound_logp[rows] = ftol * worst + rel * (1.0 + np.abs(self._log_s(p))) + logit
+        floor = _DENSE_FLOOR[self.dtype]
+        bound_d[rows] = max(2.0 * ftol, floor) * R + np.expm1(2.0 * logit) * self._spread(p, rel) + rel * lengths
+        log_s = self._log_s(p)
+        bound_logp[rows] = 2.0 * ftol + floor * np.abs(log_s) + rel * (1.0 + np.abs(log_s)) + logit
         path[rows] = "exact"
         k_used[rows] = self.n_train
 
@@ -524,9 +533,11 @@ class KNNScore(ScoreModel):
             with np.errstate(divide="ignore"):
                 thr = np.log(rho[rows] / 2.0) + log_s  # leave out at most rho S_K / 2 of tail mass
             before = probed.copy()
-            _select_cells(low2, self._log_cell_mass, sb, thr, probed, self._threads(low2.size))
+            budget = max(IVF_SCAN_FRACTION * self.n_train, 4.0 * self.n_train / nlist)  # >= 4 mean cells
+            hopeless = _select_cells(low2, self._log_cell_mass, sb, thr, self._cell_sizes, budget, probed,
+                                     self._threads(low2.size))  # fmt: skip
             extra = probed & ~before
-            too_many = probed.astype(bool) @ self._cell_sizes > IVF_SCAN_FRACTION * self.n_train
+            too_many = hopeless | (probed.astype(bool) @ self._cell_sizes > budget)
             extra[too_many] = 0
             probed[too_many] = before[too_many]
             if extra.any():
