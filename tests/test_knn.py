@@ -30,7 +30,7 @@ from nnscore.scores.knn import KNN_PATHS, KNNSamplerCache, KNNScore  # noqa: E40
 # soundness tests sweep into that regime on purpose and check the rows it concerns instead.
 pytestmark = pytest.mark.filterwarnings("ignore::nnscore.exceptions.PrecisionWarning")
 
-TOL_KINDS = ("denoiser_rel", "denoiser_abs", "score", "log_density")
+TOL_KINDS = ("denoiser_rel", "denoiser_abs", "score", "log_density", "posterior_variance")
 EPS32 = float(np.finfo(np.float32).eps)
 REL_NOISE = 1e-9
 ABS_NOISE = 1e-13
@@ -96,6 +96,7 @@ def oracle(train, x, t, weights=None, schedule="ve"):
         "denoised": np.concatenate([o.denoised.reshape(o.denoised.shape[0], -1) for o in outs]),
         "score": np.concatenate([o.score.reshape(o.score.shape[0], -1) for o in outs]),
         "log_density": np.concatenate([o.log_density for o in outs]),
+        "posterior_variance": np.concatenate([o.posterior_variance for o in outs]),
         "sigma": np.concatenate([o.sigma for o in outs]),
     }
 
@@ -122,6 +123,10 @@ def errors_and_scale(res, ref, x, train, tol_kind, schedule="ve", t=None, score_
         # the score error is ||Delta D|| / (a st^2) exactly; measure it on the score itself too
         ds = np.linalg.norm(res.score.reshape(x.shape[0], -1).astype(np.float64) - ref["score"], axis=1)
         return (np.maximum(ds, dD / (a * st * st)) if score_from_d else ds), dscale / (a * st * st)
+    if tol_kind == "posterior_variance":
+        # tr C = sum lambda ||x - D||^2: float64 noise of the second moment about the query
+        pv = np.abs(res.posterior_variance - ref["posterior_variance"])
+        return pv, (R + np.linalg.norm(y - c, axis=1)) ** 2
     lp = np.abs(res.log_density - ref["log_density"])
     return lp, 1.0 + np.abs(ref["log_density"]) + x64.shape[1] * np.abs(np.log(s))
 
@@ -165,7 +170,8 @@ def test_unresolvable_tol_warns(seed):
 
 def tol_for(kind, x):
     """A tolerance that certifies moderately often at small sigma (per tol_kind units)."""
-    return {"denoiser_rel": 1e-4, "denoiser_abs": 1e-4 * radius(x), "score": 1e-1, "log_density": 1e-6}[kind]
+    return {"denoiser_rel": 1e-4, "denoiser_abs": 1e-4 * radius(x), "score": 1e-1, "log_density": 1e-6,
+            "posterior_variance": 1e-4 * radius(x) ** 2}[kind]
 
 
 @functools.lru_cache(maxsize=None)
@@ -220,7 +226,8 @@ def test_float32_training_data(seed):
         # the cast of D (or of the score) to float32: eps32 |value| in tol_kind units
         D_mag = np.linalg.norm(ref["denoised"], axis=1)
         cast = {"denoiser_abs": D_mag, "denoiser_rel": D_mag / radius(x64),
-                "score": np.linalg.norm(ref["score"], axis=1), "log_density": 0.0 * D_mag}[tol_kind] * EPS32
+                "score": np.linalg.norm(ref["score"], axis=1), "log_density": 0.0 * D_mag,
+                "posterior_variance": 0.0 * D_mag}[tol_kind] * EPS32  # tr C is float64
         bad = np.flatnonzero(~(err <= res.error_bound * (1 + REL_NOISE) + cast + ABS_NOISE * scale))
         assert bad.size == 0, (tol_kind, res.path[bad[0]], err[bad[0]], res.error_bound[bad[0]], cast[bad[0]])
         assert "knn" in set(res.path)

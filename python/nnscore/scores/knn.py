@@ -15,6 +15,7 @@ a kNN list, per-cell bounds ``L_c`` for IVF; see :class:`~nnscore.TrainingIndex`
                                     sum_out pi_j [g(r_j) + ||y - D_K|| e^{-r_j^2/2s^2}] / S_K )  (iii)
   with eps_bar = ratio / (1 + ratio), R = max_i ||x_i - c||, g(r) = r e^{-r^2/2s^2} (r >= s),
   s e^{-1/2} (r < s);
+* trace:        |tr C - tr C_K| <= eps_bar (tr C_K + 2 (R + ||D_K - c||)^2)            (iv)
 * score:        ||score - score_K|| = ||D - D_K|| / (a sigma~^2)                      (v)
 
 The bound reported is the smaller of (ii) and (iii) plus a float64 rounding allowance; the
@@ -31,6 +32,7 @@ is computed exactly, its ``error_bound`` states the accuracy obtained, and a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 import warnings
@@ -51,18 +53,19 @@ from .result import ScoreResult, result_from_partial
 __all__ = ["KNNScore", "KNNSamplerCache", "TOL_KINDS", "KNN_PATHS"]
 
 #: Quantities a tolerance can be put on (see :class:`KNNScore`).
-TOL_KINDS = ("denoiser_rel", "denoiser_abs", "score", "log_density")
+TOL_KINDS = ("denoiser_rel", "denoiser_abs", "score", "log_density", "posterior_variance")
 #: Values of ``ScoreResult.path`` for KNNScore.
 KNN_PATHS = ("knn", "knn-cached", "ivf-certified", "exact", "uncertified")
 #: An IVF query whose certificate needs more rows than this fraction of N (and than 4 mean cells)
 #: goes to the dense engine (the float64 gathered scan costs several times a dense tile per row).
 IVF_SCAN_FRACTION = 1.0 / 8.0
-#: Flat kNN with a single noise level: this many queries are tried first; if most fail the
-#: tolerance the rest of the batch goes straight to the dense engine (the fallback decides early).
+#: A batch with a single noise level tries this many queries first; if most fail the tolerance,
+#: the rest of the batch goes straight to the dense engine (the fallback decides early).
 PILOT_QUERIES = 16
 #: Accuracy floor of the dense engine (relative to R, and to |log p|) beyond its fast_tol rule,
 #: as tested (README "Numerics"): float32 1e-6 |log p|; float64 1e-10.
 _DENSE_FLOOR = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-10}
+_B_D, _B_LOGP, _B_TRACE = 0, 1, 2  # rows of the bounds array: ||dD||, |d log p|, |d tr C|
 #: Queries per block of the IVF path (bounds the (block, nlist) bound matrices).
 _IVF_BLOCK = 512
 _U64 = 2.0**-53
@@ -128,8 +131,7 @@ class _Certified:
     """VE-space result of one certified evaluation (per query)."""
 
     partial: Partial
-    bound_d: np.ndarray  # denoiser error bound (data units), nan when uncertified
-    bound_logp: np.ndarray  # log-density error bound, nan when uncertified
+    bounds: np.ndarray  # (3, M): bounds on ||dD|| (data units), |d log p|, |d tr C|; nan when uncertified
     path: np.ndarray  # object array of path names
     k_used: np.ndarray  # int64
     # what a sampler cache keeps: per query the candidate rows (kNN ids) or probed cells (IVF)
@@ -151,8 +153,9 @@ class KNNScore(ScoreModel):
         Tolerance on ``tol_kind``.  None (only with an int k, or an IVF index: then
         ``nprobe`` cells are scanned) reports the certified bound without enforcing one.
     tol_kind : "denoiser_rel" (||D - D_K|| <= tol R, R = max_i ||x_i - mean|| the data radius),
-        "denoiser_abs" (||D - D_K|| <= tol), "score" (||score error|| <= tol, x-units) or
-        "log_density" (|log p error| <= tol).
+        "denoiser_abs" (||D - D_K|| <= tol), "score" (||score error|| <= tol, x-units),
+        "log_density" (|log p error| <= tol) or "posterior_variance" (|tr Cov error| <= tol,
+        data units squared; science.md §3.2 (iv), for divergences and likelihoods).
     schedule, weights, backend, n_threads : as for :class:`~nnscore.EmpiricalScore` (``weights``
         non-uniform pi: the bounds use the excluded prior mass).
     fallback : "exact" (default) or "error": what to do with a query the candidates cannot certify.
@@ -270,13 +273,16 @@ class KNNScore(ScoreModel):
     def _bound_in_units(self, cert: _Certified, alpha, st) -> np.ndarray:
         kind = self.tol_kind
         if kind == "log_density":
-            return cert.bound_logp
+            return cert.bounds[_B_LOGP]
+        if kind == "posterior_variance":
+            return cert.bounds[_B_TRACE]
+        bound_d = cert.bounds[_B_D]
         if kind == "denoiser_abs":
-            return cert.bound_d
+            return bound_d
         if kind == "denoiser_rel":
             r = self.data.radius
-            return cert.bound_d / r if r > 0 else np.where(cert.bound_d > 0, np.inf, 0.0)
-        return cert.bound_d / (alpha * st * st)
+            return bound_d / r if r > 0 else np.where(bound_d > 0, np.inf, 0.0)
+        return bound_d / (alpha * st * st)
 
     def _targets(self, st, alpha):
         """(eta_d, rho): denoiser tolerance (data units; inf for log_density) and the tail ratio
@@ -286,17 +292,22 @@ class KNNScore(ScoreModel):
             return np.full(n_q, np.inf), np.full(n_q, np.inf)
         if self.tol_kind == "log_density":
             return np.full(n_q, np.inf), np.full(n_q, math.expm1(tol))
+        if self.tol_kind == "posterior_variance":  # (iv) with tr C_K <= 4R^2, rho <= 2R
+            return np.full(n_q, np.inf), np.full(n_q, tol / (12.0 * r * r) if r > 0 else np.inf)
         eta = {"denoiser_abs": np.full(n_q, tol), "denoiser_rel": np.full(n_q, tol * r),
                "score": tol * alpha * st * st}[self.tol_kind]  # fmt: skip
         rho = eta / (2.0 * r) if r > 0 else np.full(n_q, np.inf)
         return eta, rho
 
-    def _meets(self, bound_d, bound_logp, eta):
+    def _meets(self, b, eta):
+        """Whether bounds ``b`` (3, n) meet the tolerance (eta: the denoiser's, per query)."""
         if self.tol is None:
-            return np.ones(bound_d.shape[0], dtype=bool)
+            return np.ones(b.shape[1], dtype=bool)
         if self.tol_kind == "log_density":
-            return bound_logp <= self.tol
-        return bound_d <= eta
+            return b[_B_LOGP] <= self.tol
+        if self.tol_kind == "posterior_variance":
+            return b[_B_TRACE] <= self.tol
+        return b[_B_D] <= eta
 
     def _threads(self, work: float) -> int:
         return effective_n_threads(self.n_threads, work)
@@ -352,30 +363,38 @@ class KNNScore(ScoreModel):
             b3 = np.exp(log_gsum - log_s) + r_y * ratio
         b3 = np.where(np.isnan(b3), np.inf, b3)
         rel, logit = self._rounding(p, n_terms)
-        bound_d = np.where(np.isneginf(log_t), 0.0, np.minimum(b2, b3)) + rel * (R + dist_c + r_y) \
+        out = np.empty((3, p.m.shape[0]))
+        none = np.isneginf(log_t)  # nothing excluded
+        out[_B_D] = np.where(none, 0.0, np.minimum(b2, b3)) + rel * (R + dist_c + r_y) \
             + np.expm1(2.0 * logit) * self._spread(p, rel)
         with np.errstate(over="ignore", invalid="ignore"):
             truncation = np.where(np.isneginf(log_t), 0.0, np.logaddexp(0.0, lr))
-        bound_logp = truncation + rel * (1.0 + np.abs(log_s)) + logit
-        return bound_d, bound_logp
+        out[_B_LOGP] = truncation + rel * (1.0 + np.abs(log_s)) + logit
+        # (iv): |tr C - tr C_K| <= eps_bar (tr C_K + 2 rho^2), rho = R + ||D_K - c||; relative
+        # weight errors e move tr C by <= (e^{2e} - 1)(2 rho)^2 (+ the shift of D, squared)
+        second = p.q / p.z
+        trace_k = np.maximum(second - r_y * r_y, 0.0)
+        rho_c = R + dist_c
+        out[_B_TRACE] = np.where(none, 0.0, eps * (trace_k + 2.0 * rho_c * rho_c)) + 4.0 * rel * second \
+            + 2.0 * np.expm1(2.0 * logit) * 4.0 * rho_c * rho_c
+        return out
 
     def _certified_ve(self, y, st, alpha, cache) -> _Certified:
         n_q = y.shape[0]
         eta, rho = self._targets(st, alpha)
         parts: list = []
-        bound_d = np.full(n_q, np.nan)
-        bound_logp = np.full(n_q, np.nan)
+        bounds = np.full((3, n_q), np.nan)
         path = np.full(n_q, "exact", dtype=object)
         k_used = np.zeros(n_q, dtype=np.int64)
         sets = [None] * n_q
         todo = np.arange(n_q)
-        out = (parts, bound_d, bound_logp, path, k_used, sets)
+        out = (parts, bounds, path, k_used, sets)
         if n_q and cache is not None:
             todo = self._from_cache(y, st, eta, rho, cache, todo, out)
         if todo.size and self.index.kind == "ivf":
-            todo = self._ivf(y, st, eta, rho, todo, out, cache)
+            todo = self._with_pilot(functools.partial(self._ivf, cache=cache), y, st, eta, rho, todo, out)
         elif todo.size:
-            todo = self._knn(y, st, eta, rho, todo, out)
+            todo = self._with_pilot(self._knn_rows, y, st, eta, rho, todo, out)
         if todo.size:
             if self.fallback == "error":
                 raise ValueError(
@@ -384,11 +403,11 @@ class KNNScore(ScoreModel):
                 )
             self._dense(y, st, eta, rho, todo, out)
         partial = _stack(parts, n_q, self.dim, self.data.log_mass)
-        return _Certified(partial, bound_d, bound_logp, path, k_used, sets)
+        return _Certified(partial, bounds, path, k_used, sets)
 
     # -- exact dense fallback -------------------------------------------------------------------
     def _dense(self, y, st, eta, rho, rows, out):
-        parts, bound_d, bound_logp, path, k_used, sets = out
+        parts, bounds, path, k_used, sets = out
         R = self.data.radius
         # The dense engine's tested accuracy (README "Numerics"): GEMM-form logit errors below
         # fast_tol under its rounding model, which move D by <= 2 fast_tol R and log p by
@@ -398,6 +417,8 @@ class KNNScore(ScoreModel):
         if self.tol is not None:
             if self.tol_kind == "log_density":
                 ftol = min(ftol, 0.45 * self.tol)
+            elif self.tol_kind == "posterior_variance":
+                ftol = min(ftol, 0.45 * self.tol / (8.0 * R * R)) if R > 0 else ftol
             elif R > 0:
                 ftol = min(ftol, 0.45 * float(np.min(eta[rows])) / (2.0 * R))
         work = 4.0 * rows.size * self.n_train * self.dim
@@ -409,26 +430,31 @@ class KNNScore(ScoreModel):
         dk_c = y[rows].astype(np.float64) + delta - self.data.center.astype(np.float64)
         lengths = R + np.sqrt(np.einsum("ij,ij->i", dk_c, dk_c)) + np.sqrt(np.einsum("ij,ij->i", delta, delta))
         floor = _DENSE_FLOOR[self.dtype]
-        bound_d[rows] = max(2.0 * ftol, floor) * R + np.expm1(2.0 * logit) * self._spread(p, rel) + rel * lengths
+        engine = max(2.0 * ftol, floor)  # relative weight error of the engine's logits
+        bounds[_B_D, rows] = engine * R + np.expm1(2.0 * logit) * self._spread(p, rel) + rel * lengths
         log_s = self._log_s(p)
-        bound_logp[rows] = 2.0 * ftol + floor * np.abs(log_s) + rel * (1.0 + np.abs(log_s)) + logit
+        bounds[_B_LOGP, rows] = 2.0 * ftol + floor * np.abs(log_s) + rel * (1.0 + np.abs(log_s)) + logit
+        # tr C = sum lambda ||x - D||^2: weight errors move it by <= (e^{2e'} - 1) 4R^2 plus ||dD||^2
+        weight = np.expm1(2.0 * (ftol + logit)) + floor
+        bounds[_B_TRACE, rows] = 2.0 * weight * 4.0 * R * R + bounds[_B_D, rows] ** 2 + 4.0 * rel * p.q / p.z
         path[rows] = "exact"
         k_used[rows] = self.n_train
 
     # -- kNN lists (flat / HNSW) ----------------------------------------------------------------
-    def _knn(self, y, st, eta, rho, rows, out):
-        """Certify ``rows`` with kNN lists; returns the rows left for the fallback."""
-        if (self.tol is not None and self.index.kind == "flat" and rows.size > 2 * PILOT_QUERIES
-                and np.all(st[rows] == st[rows[0]])):  # fmt: skip
-            pilot = rows[:PILOT_QUERIES]
-            failed = self._knn_rows(y, st, eta, rho, pilot, out)
-            if 2 * failed.size > pilot.size:
-                return np.concatenate([failed, rows[PILOT_QUERIES:]])
-            return np.concatenate([failed, self._knn_rows(y, st, eta, rho, rows[PILOT_QUERIES:], out)])
-        return self._knn_rows(y, st, eta, rho, rows, out)
+    def _with_pilot(self, certify, y, st, eta, rho, rows, out):
+        """Run ``certify`` on ``rows`` (returns the rows it could not certify).  A batch with one
+        noise level tries PILOT_QUERIES rows first; if most fail, the rest go straight to the
+        dense engine (the fallback decides early, without paying for searches or cell bounds)."""
+        if self.tol is None or rows.size <= 2 * PILOT_QUERIES or not np.all(st[rows] == st[rows[0]]):
+            return certify(y, st, eta, rho, rows, out)
+        pilot = rows[:PILOT_QUERIES]
+        failed = certify(y, st, eta, rho, pilot, out)
+        if 2 * failed.size > pilot.size:
+            return np.concatenate([failed, rows[PILOT_QUERIES:]])
+        return np.concatenate([failed, certify(y, st, eta, rho, rows[PILOT_QUERIES:], out)])
 
     def _knn_rows(self, y, st, eta, rho, rows, out):
-        parts, bound_d, bound_logp, path, k_used, sets = out
+        parts, bounds, path, k_used, sets = out
         k_search = self.k_max if self.k == "auto" else self.k
         nb = self.index.search(y[rows], k_search)
         k_search = nb.k_used
@@ -464,16 +490,16 @@ class KNNScore(ScoreModel):
                 log_t = log_out - r2 / s2
                 log_t = np.where(np.isinf(r2), -np.inf, log_t)
                 log_g = np.where(np.isinf(r2), -np.inf, log_out + _log_g(np.sqrt(r2), st[rows]))
-            bd, bl = self._finish_bounds(p, y[rows], st[rows], log_t, log_g, kp_row)
-            ok = self._meets(bd, bl, eta[rows])
+            b = self._finish_bounds(p, y[rows], st[rows], log_t, log_g, kp_row)
+            ok = self._meets(b, eta[rows])
             name = "knn"
         else:
-            bd = bl = np.full(rows.size, np.nan)
+            b = np.full((3, rows.size), np.nan)
             ok = np.ones(rows.size, dtype=bool)
             name = "uncertified"
         good = rows[ok]
         _scatter(parts, good, _take(p, ok))
-        bound_d[good], bound_logp[good] = bd[ok], bl[ok]
+        bounds[:, good] = b[:, ok]
         path[good], k_used[good] = name, kp_row[ok]
         for i in np.flatnonzero(ok):
             sets[rows[i]] = {"ids": ids[i, : kp_row[i]].copy(), "r": float(np.sqrt(r2[i])),
@@ -505,7 +531,7 @@ class KNNScore(ScoreModel):
         return np.concatenate(left) if left else rows[:0]
 
     def _ivf_block(self, y, st, eta, rho, rows, out, cache):
-        parts, bound_d, bound_logp, path, k_used, sets = out
+        parts, bounds, path, k_used, sets = out
         idx = self.index
         yb = y[rows]
         sb = st[rows]
@@ -545,12 +571,12 @@ class KNNScore(ScoreModel):
                 p = dataclasses.replace(p, log_mass=self.data.log_mass)
         log_t, log_g = _tail_sums(low2, self._log_cell_mass, sb, probed, self._threads(low2.size))
         scanned = probed.astype(bool) @ self._cell_sizes
-        bd, bl = self._finish_bounds(p, yb, sb, log_t, log_g, scanned)
-        ok = self._meets(bd, bl, eta[rows]) & ~too_many & np.isfinite(p.m)
+        b = self._finish_bounds(p, yb, sb, log_t, log_g, scanned)
+        ok = self._meets(b, eta[rows]) & ~too_many & np.isfinite(p.m)
         good = rows[ok]
         p = dataclasses.replace(p, top1=self._original_rows(p.top1))
         _scatter(parts, good, _take(p, ok))
-        bound_d[good], bound_logp[good] = bd[ok], bl[ok]
+        bounds[:, good] = b[:, ok]
         path[good] = "ivf-certified"
         k_used[good] = scanned[ok]
         if cache is not None:
@@ -578,7 +604,7 @@ class KNNScore(ScoreModel):
         """Certify rows with their cached candidate set (science.md §3.3): every excluded row was
         at distance >= r (kNN) or >= L_c (IVF cell c) from the query y_s of the search, so it is
         at distance >= r - ||y - y_s|| from y.  Returns the rows that still need a search."""
-        parts, bound_d, bound_logp, path, k_used, sets = out
+        parts, bounds, path, k_used, sets = out
         hits = np.asarray([i for i in rows if cache.entry(i) is not None], dtype=np.int64)
         if not hits.size:
             return rows
@@ -611,11 +637,11 @@ class KNNScore(ScoreModel):
             with np.errstate(divide="ignore", invalid="ignore"):
                 log_t = np.where(np.isinf(r), -np.inf, log_out - r * r / s2)
                 log_g = np.where(np.isinf(r), -np.inf, log_out + _log_g(r, st[hits]))
-        bd, bl = self._finish_bounds(p, y[hits], st[hits], log_t, log_g, n_terms)
-        ok = self._meets(bd, bl, eta[hits]) & np.isfinite(p.m)
+        b = self._finish_bounds(p, y[hits], st[hits], log_t, log_g, n_terms)
+        ok = self._meets(b, eta[hits]) & np.isfinite(p.m)
         good = hits[ok]
         _scatter(parts, good, _take(p, ok))
-        bound_d[good], bound_logp[good] = bd[ok], bl[ok]
+        bounds[:, good] = b[:, ok]
         path[good], k_used[good] = "knn-cached", n_terms[ok]
         for i in good:
             sets[i] = cache.entry(i)  # keep the search's point and radii: r' is always from the search
