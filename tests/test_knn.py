@@ -608,3 +608,26 @@ def test_cell_lower_bounds_non_flat_quantizer(seed):
     assert np.all(low <= ball * (1 + 1e-9) + 1e-12)
     res = KNNScore(index, tol=1e-4).evaluate(q, 0.05)
     assert_sound(res, oracle(xf, q, 0.05), q, xf, "denoiser_rel", tol=1e-4, t=np.full(q.shape[0], 0.05))
+
+
+# ---------------------------------------------------------------------------------------------
+# smoothed scores over a KNNScore base
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tol_kind", ["denoiser_rel", "score"])
+def test_smoothed_knn_base_folds_certificates(tol_kind, seed):
+    """Same fixed draws over the exact and the kNN base: the two smoothed scores differ by at most
+    the folded certificate term (a / s^2) mean_m B(y_m), which the kNN error_bound includes."""
+    x = clustered(2000, 8, seed)
+    q = x[:12] + 0.02 * radius(x)
+    knn = KNNScore(x, tol=1e-3 if tol_kind == "denoiser_rel" else 10.0, tol_kind=tol_kind, k_max=32)
+    kernel = ns.GaussianKernel(0.05 * radius(x))
+    sm_knn = ns.SmoothedScore(knn, kernel, n_samples=16, mode="fixed", rng=seed)
+    sm_ex = ns.SmoothedScore(ns.EmpiricalScore(x, backend="reference"), kernel, n_samples=16, mode="fixed", rng=seed)
+    sigma = 0.05 * radius(x)
+    a, b = sm_knn.evaluate(q, sigma), sm_ex.evaluate(q, sigma)
+    diff = np.linalg.norm(a.score - b.score, axis=1)
+    folded = a.error_bound - b.error_bound  # the base-certificate term alone (same McDiarmid part)
+    assert np.all(folded >= 0)
+    assert np.all(diff <= folded * (1 + 1e-9) + 1e-9 * np.linalg.norm(b.score, axis=1))

@@ -241,6 +241,19 @@ class KNNScore(ScoreModel):
         in ``tol_kind`` units), ``path`` and ``k_used`` per query."""
         return self._evaluate(x, t, cache=None)
 
+    def denoiser_error_bound(self, res: ScoreResult, alpha) -> np.ndarray | None:
+        """``res.error_bound`` of one of this model's results as a bound on ||D - D_exact|| in
+        data units (``alpha``: a(t) per query), or None for tol_kinds without one (log_density,
+        posterior_variance).  Smoothed scores fold it into their own bound."""
+        if res.error_bound is None or self.tol_kind in ("log_density", "posterior_variance"):
+            return None
+        b = np.asarray(res.error_bound, dtype=np.float64)
+        if self.tol_kind == "denoiser_rel":
+            return b * self.data.radius
+        if self.tol_kind == "score":
+            return b * np.asarray(alpha, dtype=np.float64) * res.sigma * res.sigma
+        return b
+
     def sampler_cache(self) -> "KNNSamplerCache":
         """A stateful view of this model that reuses candidate sets across sampler steps."""
         return KNNSamplerCache(self)

@@ -131,7 +131,9 @@ class SmoothedScore(ScoreModel):
       empirical models) and is reported for the control-variate estimator and for "raw" with
       antithetic pairs; None otherwise (no ``base.train``, "stein", "raw" without pairs,
       "quadrature").  ``diam(X)`` is bounded by ``2 max_i ||x_i - mean||`` (computed once).  The
-      bound covers the Monte-Carlo error only, not the base model's own error.
+      bound covers the Monte-Carlo error; a base with certified denoiser bounds
+      (``KNNScore`` with a denoiser or score ``tol_kind``) adds (a / s^2) times their mean over
+      the draws (science.md §3.4), other bases' own errors are not included.
     * ``sigma``: the queries' sigma~ = s/a.
 
     A zero kernel (``GaussianKernel(0)``, or a zero anisotropic covariance) returns exactly the
@@ -305,6 +307,13 @@ class SmoothedScore(ScoreModel):
             if diam is not None:
                 c = 1.0 + math.sqrt(2.0 * math.log(1.0 / ERROR_BOUND_DELTA))
                 error_bound = (alpha * inv_s2) * diam * c / math.sqrt(units.shape[0])
+                # a truncated base (KNNScore) adds its per-draw certificates B(y_m): every unit
+                # moves by at most a B_m / s^2 (science.md §3.4, "Smoothed scores + NN")
+                base_bound = getattr(self.base, "denoiser_error_bound", None)
+                per_row = None if base_bound is None else base_bound(res, np.tile(alpha, n_rep))
+                if per_row is not None:
+                    b = per_row[: n * n_q].reshape(n, n_q)
+                    error_bound = error_bound + (alpha * inv_s2) * np.mean(b, axis=0)
         return ScoreResult(
             denoised=denoised.astype(out_dtype, copy=False).reshape((n_q, *self.shape)),
             score=score.astype(out_dtype, copy=False).reshape((n_q, *self.shape)),
