@@ -631,3 +631,13 @@ def test_smoothed_knn_base_folds_certificates(tol_kind, seed):
     folded = a.error_bound - b.error_bound  # the base-certificate term alone (same McDiarmid part)
     assert np.all(folded >= 0)
     assert np.all(diff <= folded * (1 + 1e-9) + 1e-9 * np.linalg.norm(b.score, axis=1))
+
+
+def test_image_shaped_training_data_keeps_its_shape(seed):
+    x = clustered(600, 16, seed).reshape(600, 4, 4)
+    model = KNNScore(x, tol=1e-4)
+    q = x[:3] + 0.01
+    res = model.evaluate(q, 0.05)
+    assert res.denoised.shape == (3, 4, 4) and res.score.shape == (3, 4, 4)
+    flat = model.evaluate(q.reshape(3, 16), 0.05)
+    np.testing.assert_array_equal(flat.denoised.reshape(3, 4, 4), res.denoised)

@@ -168,15 +168,17 @@ class KNNScore(ScoreModel):
                  rng=None):  # fmt: skip
         if isinstance(train_or_index, TrainingIndex):
             self.index = train_or_index
+            shape = (self.index.d,)
         else:
             self.index = TrainingIndex(train_or_index, kind=index_kind, n_threads=n_threads, rng=rng)
+            shape = tuple(np.shape(train_or_index)[1:])  # (N, *shape): queries may keep the shape
         self._exact = EmpiricalScore(self.index._train, weights=weights, schedule=schedule, backend=backend,
                                      n_threads=n_threads)  # fmt: skip
         self.schedule = self._exact.schedule
         self.backend = self._exact.backend
         self.n_threads = n_threads
         self.data = self._exact.data
-        self.shape = (self.index.d,)
+        self.shape = shape
         self.dtype = self.data.points.dtype
         n = self.data.n_points
         self.k_max = min(check_int(k_max, "k_max", minimum=1), n)
@@ -231,7 +233,7 @@ class KNNScore(ScoreModel):
         return self.data.n_points
 
     def __repr__(self) -> str:
-        return (f"KNNScore(n_train={self.n_train}, d={self.dim}, index={self.index.kind!r}, k={self.k!r}, "
+        return (f"KNNScore(n_train={self.n_train}, shape={self.shape}, index={self.index.kind!r}, k={self.k!r}, "
                 f"tol={self.tol!r}, tol_kind={self.tol_kind!r}, schedule={self.schedule!r}, "
                 f"fallback={self.fallback!r})")  # fmt: skip
 
