@@ -641,3 +641,14 @@ def test_image_shaped_training_data_keeps_its_shape(seed):
     assert res.denoised.shape == (3, 4, 4) and res.score.shape == (3, 4, 4)
     flat = model.evaluate(q.reshape(3, 16), 0.05)
     np.testing.assert_array_equal(flat.denoised.reshape(3, 4, 4), res.denoised)
+
+
+def test_hnsw_is_flagged_uncertified(seed):
+    x = clustered(1500, 8, seed)
+    index = TrainingIndex(x, kind="hnsw", rng=seed)
+    q = x[:20] + 0.01 * radius(x)
+    res = KNNScore(index, tol=1e-4).evaluate(q, 0.01 * radius(x))
+    assert np.all(res.path == "uncertified") and np.all(np.isnan(res.error_bound))
+    ref = oracle(x, q, np.full(20, 0.01 * radius(x)))
+    # no certificate, but on this small clustered set HNSW finds the true neighbours
+    assert np.max(np.linalg.norm(res.denoised - ref["denoised"], axis=1)) <= 1e-6 * radius(x)
