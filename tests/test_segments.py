@@ -133,7 +133,7 @@ def test_tiny_sigma_is_nearest_row_and_huge_sigma_is_mean(variant, dtype, seed):
     rng = np.random.default_rng([seed, 77])
     n, d, k = 300, 17, 8
     points = (rng.normal(size=(n, d)) * 3.0 + 10.0).astype(dtype)
-    ids = rng.integers(0, n, (12, k))
+    ids = np.stack([rng.choice(n, k, replace=False) for _ in range(12)])  # distinct: the limit has weight 1
     y = (points[ids[:, 0]].astype(np.float64) + 0.01 * rng.normal(size=(12, d))).astype(dtype)
     seg = nb.Segments.from_ids(ids)
     p = run(backend, level, y, np.full(12, 1e-6), points, None, seg)
