@@ -29,11 +29,13 @@ from .scores import (
     KDEScore,
     KNNSamplerCache,
     KNNScore,
+    ManifoldKernel,
     PiecewiseLinearScore,
     ScoreModel,
     ScoreResult,
     SmoothedScore,
     StratifiedScore,
+    TangentKernel,
     TemperedScore,
 )
 from .scores.shards import finalize, partial_reduce
@@ -63,6 +65,8 @@ __all__ = [
     "TemperedScore",
     "GaussianKernel",
     "AnisotropicGaussianKernel",
+    "TangentKernel",
+    "ManifoldKernel",
     "PiecewiseLinearScore",
     "CFDMScore",
     "KNNScore",

@@ -4,7 +4,7 @@ from .cfdm import CFDMScore
 from .density import KDEScore, TemperedScore
 from .empirical import EmpiricalScore
 from .knn import KNNSamplerCache, KNNScore
-from .kernels import AnisotropicGaussianKernel, GaussianKernel, Kernel
+from .kernels import AnisotropicGaussianKernel, GaussianKernel, Kernel, ManifoldKernel, TangentKernel
 from .piecewise import PiecewiseLinearScore
 from .result import ScoreResult
 from .smoothed import SmoothedScore
@@ -20,6 +20,8 @@ __all__ = [
     "Kernel",
     "GaussianKernel",
     "AnisotropicGaussianKernel",
+    "TangentKernel",
+    "ManifoldKernel",
     "PiecewiseLinearScore",
     "CFDMScore",
     "KNNScore",

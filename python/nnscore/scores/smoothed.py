@@ -21,6 +21,10 @@ Design note
 * "fresh" draws new z from the model's generator at each evaluate; "fixed" draws z once per
   (M, n_samples) and reuses it (a deterministic field: CFDM's barycentre sampler); "quadrature"
   uses Gauss-Hermite product nodes on the kernel's latent space (rank <= 3).
+* Location-dependent kernels (:class:`~nnscore.TangentKernel`, :class:`~nnscore.ManifoldKernel`)
+  get the query rows and alpha in ``offsets(z, scale, x, alpha)`` and the base model (for its
+  training set) at binding time (:class:`~nnscore.scores.kernels.KernelContext`); the field is
+  then the "score-smoothing" ``E_{Y ~ k_x} grad log p_t(Y)`` of science.md §2.2.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ import numpy as np
 from .._rng import check_rng
 from .._validation import as_sigma
 from .base import ScoreModel, schedule_coefficients
-from .kernels import GaussianKernel, Kernel
+from .kernels import GaussianKernel, Kernel, KernelContext
 from .result import ScoreResult
 
 __all__ = ["SmoothedScore", "MODES", "ESTIMATORS"]
@@ -83,7 +87,10 @@ class SmoothedScore(ScoreModel):
         dtype are used.
     kernel : Kernel, float or callable
         :class:`~nnscore.GaussianKernel` or :class:`~nnscore.AnisotropicGaussianKernel`; a number
-        or a callable of sigma~ is shorthand for ``GaussianKernel(kernel)``.
+        or a callable of sigma~ is shorthand for ``GaussianKernel(kernel)``.  The
+        location-dependent :class:`~nnscore.TangentKernel` (experimental; needs ``base.train``)
+        and :class:`~nnscore.ManifoldKernel` (oracle; ``estimator="raw"`` only, no quadrature)
+        give the score-smoothing ``E_{Y ~ k_x} grad log p_t(Y)`` (science.md §2.2).
     n_samples : int >= 1, default 256
         Monte-Carlo samples per query (even when ``antithetic``), or Gauss-Hermite nodes per
         latent axis in "quadrature" mode (``n_samples ** rank`` nodes in all).
@@ -118,7 +125,7 @@ class SmoothedScore(ScoreModel):
       ``E_xi log p_t(x + xi)``: the log of the *unnormalised* geometric-mean density
       ``exp(E log p_t(x + xi))`` of FPHDP eq. (7) (its normaliser is unknown and not included).
     * ``divergence``: the mean of the base divergence (convolution with a location-independent
-      kernel commutes with the divergence).
+      kernel commutes with the divergence); None for location-dependent kernels.
     * ``posterior_variance``, ``n_eff``, ``top1``, ``max_weight``: None (no single posterior).
     * ``mc_stderr`` (M,) float64: ``sqrt(tr Cov_hat(G_u) / n_u)`` over the n_u independent
       units u (samples, or antithetic pair means), G_u the unit's score estimate; for the control
@@ -130,8 +137,9 @@ class SmoothedScore(ScoreModel):
       base denoiser values lie in the convex hull of ``base.train`` (exact and truncated
       empirical models) and is reported for the control-variate estimator and for "raw" with
       antithetic pairs; None otherwise (no ``base.train``, "stein", "raw" without pairs,
-      "quadrature").  ``diam(X)`` is bounded by ``2 max_i ||x_i - mean||`` (computed once).  The
-      bound covers the Monte-Carlo error; a base with certified denoiser bounds
+      "quadrature", a kernel whose offsets are not zero-mean such as ``ManifoldKernel``: the
+      linear part -Y/s^2 of its samples does not cancel).  ``diam(X)`` is bounded by
+      ``2 max_i ||x_i - mean||`` (computed once).  The bound covers the Monte-Carlo error; a base with certified denoiser bounds
       (``KNNScore`` with a denoiser or score ``tol_kind``) adds (a / s^2) times their mean over
       the draws (science.md §3.4), other bases' own errors are not included.
     * ``sigma``: the queries' sigma~ = s/a.
@@ -165,11 +173,12 @@ class SmoothedScore(ScoreModel):
                 kernel = GaussianKernel(kernel)
             else:
                 raise TypeError(
-                    "kernel: expected a GaussianKernel/AnisotropicGaussianKernel, a bandwidth or a "
+                    "kernel: expected a Kernel (GaussianKernel, AnisotropicGaussianKernel, TangentKernel, "
+                    "ManifoldKernel), a bandwidth or a "
                     f"callable of sigma~, got {type(kernel).__name__}"
                 )
         self.kernel = kernel
-        self._bound = kernel._bind(self.dim)
+        self._bound = kernel._bind(self.dim, KernelContext(base))
         if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral):
             raise TypeError(f"n_samples: expected an integer >= 1, got {n_samples!r}")
         n_samples = int(n_samples)
@@ -187,6 +196,18 @@ class SmoothedScore(ScoreModel):
                 f"n_samples: must be even with antithetic=True (pairs (xi, -xi)), got {n_samples}; "
                 "pass antithetic=False for an odd number of samples"
             )
+        if not self._bound.zero_mean:
+            if estimator != "raw":
+                raise ValueError(
+                    f"estimator: {type(kernel).__name__} has offsets that are not zero-mean (nor odd in the "
+                    f"latent draw), so only estimator='raw' is valid, got {estimator!r} (the control variate "
+                    "and Stein's identity assume a zero-mean Gaussian perturbation)"
+                )
+            if mode == "quadrature":
+                raise ValueError(
+                    f"mode: 'quadrature' needs a kernel linear in its Gaussian latent; {type(kernel).__name__} "
+                    "is not (it projects onto a manifold), use 'fresh' or 'fixed'"
+                )
         if mode == "quadrature" and self._bound.rank > MAX_QUADRATURE_RANK:
             raise ValueError(
                 f"mode: 'quadrature' needs a kernel of rank <= {MAX_QUADRATURE_RANK} (Gauss-Hermite product "
@@ -197,6 +218,10 @@ class SmoothedScore(ScoreModel):
             raise ValueError(
                 "estimator: 'stein' needs a non-singular kernel covariance (Sigma^{-1} xi); this kernel "
                 f"has rank {self._bound.rank} < d = {self.dim}"
+            )
+        if estimator == "stein" and not self._bound.static_zero and self._bound.location_dependent:
+            raise ValueError(
+                f"estimator: 'stein' needs a location-independent kernel; {type(kernel).__name__} depends on x"
             )
         self.n_samples = n_samples
         self.mode = mode
@@ -242,13 +267,16 @@ class SmoothedScore(ScoreModel):
             return self._base_result(x, t, n_q)
 
         z, weights, n_pairs = self._draws(n_q)
-        if n_pairs:  # antithetic: offsets of (z, -z) are exact negatives
-            half = bound.offsets(z, scale)
-            off = np.concatenate([half, -half])
-        else:
-            off = np.asarray(bound.offsets(z, scale))
-        n = off.shape[0]
         x64 = x_rows.astype(np.float64, copy=False)
+        if n_pairs:
+            half = bound.offsets(z, scale, x64, alpha)
+            if bound.zero_mean:  # antithetic: offsets of (z, -z) are exact negatives
+                off = np.concatenate([half, -half])
+            else:
+                off = np.concatenate([half, np.asarray(bound.offsets(-z, scale, x64, alpha))])
+        else:
+            off = np.asarray(bound.offsets(z, scale, x64, alpha))
+        n = off.shape[0]
         stein = self.estimator == "stein"
         stack = (x64[None, :, :] + off).reshape(n * n_q, dim)
         n_rep = n + 1 if stein else n
@@ -277,10 +305,10 @@ class SmoothedScore(ScoreModel):
                     f"estimator: 'stein' needs log_density values, which {type(self.base).__name__} does not return"
                 )
             if n_pairs:
-                half_dir = bound.stein_directions(z, scale)
+                half_dir = bound.stein_directions(z, scale, x64, alpha)
                 dirs = np.concatenate([half_dir, -half_dir])
             else:
-                dirs = bound.stein_directions(z, scale)
+                dirs = bound.stein_directions(z, scale, x64, alpha)
             lp0 = lp[n * n_q :]
             units = dirs * (lp[: n * n_q].reshape(n, n_q) - lp0[None, :])[:, :, None]
             zero_h = scale == 0.0
@@ -296,13 +324,15 @@ class SmoothedScore(ScoreModel):
         log_density = divergence = None
         if lp is not None:
             log_density = _weighted_mean(_pair_means(lp[: n * n_q].reshape(n, n_q), n_pairs), weights)
-        if dv is not None:
+        if dv is not None and not bound.location_dependent:
             divergence = _weighted_mean(_pair_means(dv[: n * n_q].reshape(n, n_q), n_pairs), weights)
 
         mc_stderr = error_bound = None
         if self.mode != "quadrature":
             mc_stderr = _stderr(units)
-            bounded = self.estimator == "control_variate" or (self.estimator == "raw" and n_pairs)
+            bounded = bound.zero_mean and (
+                self.estimator == "control_variate" or (self.estimator == "raw" and n_pairs)
+            )
             diam = self._diameter() if bounded else None
             if diam is not None:
                 c = 1.0 + math.sqrt(2.0 * math.log(1.0 / ERROR_BOUND_DELTA))
