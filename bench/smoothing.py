@@ -9,8 +9,8 @@ an isotropic kernel ns.GaussianKernel(h) with h = --h-rel * sigma (default 0.5 s
 (1) Cost table: time (min of --repeats after a warm-up) of one SmoothedScore.evaluate on the
     M queries for n_samples in --cost-n (control_variate; antithetic when n is even), per
     evaluate and per perturbed base row (M * n rows), against the plain base evaluate on the
-    same M queries.  Bases: the exact EmpiricalScore; the kNN base is skipped (nnscore has no
-    KNNScore yet).
+    same M queries.  Bases: the exact EmpiricalScore and KNNScore (IVF, tol --knn-tol on ||dD||/R;
+    at sigma = medium most of its queries fall back to the exact engine).
 (2) Error-vs-cost table: for each estimator in --estimators and n_samples in --err-n,
     relative RMS error of the smoothed score against a high-sample reference,
 
@@ -72,6 +72,7 @@ def parse_args(argv=None):
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ref-samples", type=int, default=4096)
     ap.add_argument("--ref-chunk", type=int, default=512, help="draws per reference evaluate (memory)")
+    ap.add_argument("--knn-tol", type=float, default=1e-4, help="KNNScore base tolerance (denoiser_rel)")
     ap.add_argument("--skip-cost", action="store_true")
     ap.add_argument("--skip-error", action="store_true")
     ap.add_argument("--baselines-dir", default=str(DEFAULT_BASELINES))
@@ -126,35 +127,33 @@ def main(argv=None):
     # ---------------------------------------------------------------- (1) cost vs n_samples
     if not args.skip_cost:
         rows = []
-        bres = common.bench(lambda: base.evaluate(Y, sigma), repeats=args.repeats, warmup=1,
-                            max_total=args.max_total)
-        t_base = bres["min"]
-        rec = {"table": "cost", "base": "exact", "n_samples": 0, "rows": M, "time_s": t_base,
-               "ms_per_row": 1e3 * t_base / M, "x_base": 1.0, "gflops": M * row_flops / t_base / 1e9}
-        rows.append(rec)
-        write(args.out, rec)
-        for n in common.parse_list(args.cost_n, int):
-            anti = n % 2 == 0
-            sm = ns.SmoothedScore(base, kernel, n_samples=n, estimator="control_variate", antithetic=anti, rng=0)
-            res = common.bench(lambda: sm.evaluate(Y, sigma), repeats=args.repeats, warmup=1,
-                               max_total=args.max_total)
-            nrow = M * sm.n_evaluations
-            rec = {"table": "cost", "base": "exact", "n_samples": n, "antithetic": anti, "rows": nrow,
-                   "time_s": res["min"], "ms_per_row": 1e3 * res["min"] / nrow, "x_base": res["min"] / t_base,
-                   "gflops": nrow * row_flops / res["min"] / 1e9, "peak_mb": res["peak_extra_mb"]}
+        knn = ns.KNNScore(X, tol=args.knn_tol, n_threads=args.threads)
+        for bname, bmodel in (("exact", base), (f"knn (tol {args.knn_tol:g})", knn)):
+            bres = common.bench(lambda: bmodel.evaluate(Y, sigma), repeats=args.repeats, warmup=1,
+                                max_total=args.max_total)
+            t_base = bres["min"]
+            rec = {"table": "cost", "base": bname, "n_samples": 0, "rows": M, "time_s": t_base,
+                   "ms_per_row": 1e3 * t_base / M, "x_base": 1.0, "gflops": M * row_flops / t_base / 1e9}
             rows.append(rec)
             write(args.out, rec)
-            print("  " + " ".join(f"{k}={common.fmt(v)}" for k, v in rec.items()), flush=True)
+            for n in common.parse_list(args.cost_n, int):
+                anti = n % 2 == 0
+                sm = ns.SmoothedScore(bmodel, kernel, n_samples=n, estimator="control_variate", antithetic=anti, rng=0)
+                res = common.bench(lambda: sm.evaluate(Y, sigma), repeats=args.repeats, warmup=1,
+                                   max_total=args.max_total)
+                nrow = M * sm.n_evaluations
+                rec = {"table": "cost", "base": bname, "n_samples": n, "antithetic": anti, "rows": nrow,
+                       "time_s": res["min"], "ms_per_row": 1e3 * res["min"] / nrow, "x_base": res["min"] / t_base,
+                       "gflops": nrow * row_flops / res["min"] / 1e9, "peak_mb": res["peak_extra_mb"]}
+                rows.append(rec)
+                write(args.out, rec)
+                print("  " + " ".join(f"{k}={common.fmt(v)}" for k, v in rec.items()), flush=True)
         cols = [("base", "base"), ("n_samples", "n_samples"), ("rows", "base rows"), ("time_s", "time s"),
                 ("ms_per_row", "ms/row"), ("x_base", "x base eval"), ("gflops", "eff. GFLOP/s"),
                 ("peak_mb", "peak MB")]
         common.print_table(rows, cols, f"SmoothedScore cost per evaluate (M={M}, control_variate, antithetic "
                            f"for even n; n_samples=0: the unsmoothed base), N={N}, d={d}, {args.threads} threads",
                            markdown=md)
-        if hasattr(ns, "KNNScore"):
-            print("# kNN base: ns.KNNScore exists but is not wired into this benchmark yet: skipped", flush=True)
-        else:
-            print("# kNN base: skipped (nnscore has no KNNScore yet)", flush=True)
 
     # ---------------------------------------------------------------- (2) error vs cost
     if not args.skip_error:
