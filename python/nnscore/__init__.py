@@ -23,7 +23,9 @@ from .sampling import sample
 from .scores import (
     AnisotropicGaussianKernel,
     CFDMScore,
+    CoarseScore,
     EmpiricalScore,
+    HybridScore,
     GaussianKernel,
     ImportanceSampledScore,
     KDEScore,
@@ -69,6 +71,8 @@ __all__ = [
     "ManifoldKernel",
     "PiecewiseLinearScore",
     "CFDMScore",
+    "CoarseScore",
+    "HybridScore",
     "KNNScore",
     "KNNSamplerCache",
     "ImportanceSampledScore",

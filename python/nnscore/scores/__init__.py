@@ -1,6 +1,7 @@
 """Score models: the ``evaluate(x, t) -> ScoreResult`` contract and its implementations."""
 from .base import ScoreModel
 from .cfdm import CFDMScore
+from .coarse import CoarseScore, HybridScore
 from .density import KDEScore, TemperedScore
 from .empirical import EmpiricalScore
 from .knn import KNNSamplerCache, KNNScore
@@ -24,6 +25,8 @@ __all__ = [
     "ManifoldKernel",
     "PiecewiseLinearScore",
     "CFDMScore",
+    "CoarseScore",
+    "HybridScore",
     "KNNScore",
     "KNNSamplerCache",
     "ImportanceSampledScore",
