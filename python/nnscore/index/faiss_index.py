@@ -30,11 +30,9 @@ inflated by a factor ``1 + 1e-6``.  faiss returns the exact top-k of its own ``D
 
 which is the §3.3 form ``d_(k)^2 - 2 gamma u (||y||^2 + max ||x||^2)`` with ``gamma`` ~ 2(d + 2).
 
-IVF adds the cell bound: with float64 centroids ``mu_c`` and radii ``R_c = max_{j in c} ||x_j - mu_c||``
-(float64, slightly inflated), every row of an unprobed cell has squared distance
-``>= L_c = max(0, ||y - mu_c|| - R_c)^2`` (``||y - mu_c||^2`` in float64 GEMM form lowered by its
-rounding bound ``2 gamma64_{d+4} (||y||^2 + ||mu_c||^2)``, then slightly deflated), and
-``r_k = min(d_(k)^2 - 2E, min_{c unprobed} L_c)``.  HNSW gives no certificate: ``r_k = nan`` and
+IVF adds the cell bound: every row of an unprobed cell c has squared distance ``>= L_c^2`` of
+:meth:`TrainingIndex.cell_lower_bounds` (ball bound ``||y - mu_c|| - R_c`` and Voronoi-bisector
+bounds, rounding bounded), and ``r_k = min(d_(k)^2 - 2E, min_{c unprobed} L_c^2)``.  HNSW gives no certificate: ``r_k = nan`` and
 ``certified = False``.
 
 k larger than N is clamped silently (documented, no warning): ``search`` returns ``k_used =
@@ -417,7 +415,7 @@ class TrainingIndex:
         else:
             r_k = sq[:, -1] - margin
             if probed is not None:
-                r_k = np.minimum(r_k, self._cell_bound(qc, probed))
+                r_k = np.minimum(r_k, self._cell_bound(q, probed))
         for row in exact_rows:
             ids[row], sq[row], r_k[row] = self._exact_row(qc[row], k)
         if self.kind == "hnsw":
@@ -516,27 +514,11 @@ class TrainingIndex:
             self._inv_gap = np.where(inv32 > inv, np.nextafter(inv32, np.float32(0)), inv32)
         return self._inv_gap
 
-    def _cell_bound(self, qc, probed):
-        """min over unprobed non-empty cells of max(0, ||y - mu_c|| - R_c)^2 (deflated), inf if none."""
-        m = qc.shape[0]
-        out = np.full(m, np.inf)
-        nlist = self._centroids.shape[0]
-        if probed.shape[1] >= nlist:
-            return out
-        deflate = 1.0 - 8.0 * (self.d + 4) * _U64
-        g = 2.0 * _gamma(self.d + 4, _U64)
-        cn = np.einsum("ij,ij->i", self._centroids, self._centroids)
-        for s, e in _blocks(m, nlist):
-            qn = np.einsum("ij,ij->i", qc[s:e], qc[s:e])
-            # float64 GEMM form, lowered by its rounding bound 2 gamma64_{d+4} (||y||^2 + ||mu||^2)
-            tot = qn[:, None] + cn[None, :]
-            d2 = qn[:, None] + cn[None, :] - 2.0 * (qc[s:e] @ self._centroids.T) - g * tot
-            dist = np.sqrt(np.maximum(d2, 0.0)) * deflate
-            low = np.maximum(0.0, dist - self._radii[None, :]) ** 2 * deflate
-            low[:, self._empty] = np.inf
-            np.put_along_axis(low, np.asarray(probed[s:e], dtype=np.int64).clip(0), np.inf, axis=1)
-            out[s:e] = low.min(axis=1)
-        return out
+    def _cell_bound(self, y, probed):
+        """min over the unprobed cells of :meth:`cell_lower_bounds` (squared), inf if none."""
+        low = self.cell_lower_bounds(y)
+        np.put_along_axis(low, np.asarray(probed, dtype=np.int64).clip(0), np.inf, axis=1)
+        return low.min(axis=1)
 
     def _exact_row(self, qrow, k):
         """float64 brute force for one centred query: (ids, sqdist, r_k)."""
