@@ -249,12 +249,16 @@ class KNNScore(ScoreModel):
         posterior_variance).  Smoothed scores fold it into their own bound."""
         if res.error_bound is None or self.tol_kind in ("log_density", "posterior_variance"):
             return None
-        b = np.asarray(res.error_bound, dtype=np.float64)
+        return np.asarray(res.error_bound, dtype=np.float64) * self._denoiser_unit(alpha, res.sigma)
+
+    def _denoiser_unit(self, alpha, st) -> np.ndarray:
+        """Per query, ||dD|| (data units) per unit of a denoiser/score tol_kind: 1, R or a st^2."""
+        st = np.asarray(st, dtype=np.float64)
         if self.tol_kind == "denoiser_rel":
-            return b * self.data.radius
+            return np.full(st.shape, self.data.radius)
         if self.tol_kind == "score":
-            return b * np.asarray(alpha, dtype=np.float64) * res.sigma * res.sigma
-        return b
+            return np.asarray(alpha, dtype=np.float64) * st * st
+        return np.ones(st.shape)
 
     def sampler_cache(self) -> "KNNSamplerCache":
         """A stateful view of this model that reuses candidate sets across sampler steps."""
@@ -291,13 +295,9 @@ class KNNScore(ScoreModel):
             return cert.bounds[_B_LOGP]
         if kind == "posterior_variance":
             return cert.bounds[_B_TRACE]
-        bound_d = cert.bounds[_B_D]
-        if kind == "denoiser_abs":
-            return bound_d
-        if kind == "denoiser_rel":
-            r = self.data.radius
-            return bound_d / r if r > 0 else np.where(bound_d > 0, np.inf, 0.0)
-        return bound_d / (alpha * st * st)
+        bound_d, unit = cert.bounds[_B_D], self._denoiser_unit(alpha, st)
+        with np.errstate(divide="ignore", invalid="ignore"):  # R = 0: all points coincide, bound 0
+            return np.where(unit > 0, bound_d / unit, np.where(bound_d > 0, np.inf, 0.0))
 
     def _targets(self, st, alpha):
         """(eta_d, rho): denoiser tolerance (data units; inf for log_density) and the tail ratio
@@ -309,8 +309,7 @@ class KNNScore(ScoreModel):
             return np.full(n_q, np.inf), np.full(n_q, math.expm1(tol))
         if self.tol_kind == "posterior_variance":  # (iv) with tr C_K <= 4R^2, rho <= 2R
             return np.full(n_q, np.inf), np.full(n_q, tol / (12.0 * r * r) if r > 0 else np.inf)
-        eta = {"denoiser_abs": np.full(n_q, tol), "denoiser_rel": np.full(n_q, tol * r),
-               "score": tol * alpha * st * st}[self.tol_kind]  # fmt: skip
+        eta = tol * self._denoiser_unit(alpha, st)
         rho = eta / (2.0 * r) if r > 0 else np.full(n_q, np.inf)
         return eta, rho
 
@@ -347,14 +346,19 @@ class KNNScore(ScoreModel):
         logit = 1.01 * _U64 * (self.dim + 4) * (np.abs(p.m - self.data.log_w_shift) + 50.0)
         return rel, logit
 
-    def _spread(self, p: Partial, rel) -> np.ndarray:
+    def _geometry(self, p: Partial, y) -> tuple[np.ndarray, np.ndarray]:
+        """(||y - D_K||, ||D_K - c||) of a partial of queries ``y`` (c: the data centre)."""
+        delta = p.v / p.z[:, None]  # D_K - y
+        dk_c = y.astype(np.float64) + delta - self.data.center.astype(np.float64)
+        return np.sqrt(np.einsum("ij,ij->i", delta, delta)), np.sqrt(np.einsum("ij,ij->i", dk_c, dk_c))
+
+    def _spread(self, p: Partial, rel, r_y) -> np.ndarray:
         """Bound of sum_i lambda_i ||x_i - D|| (what relative weight errors move D by): the smaller
         of sqrt(tr C) (the computed q/z - ||v/z||^2, which cancels far from the data, plus 4 rel
         q/z for that) and (1 - lambda_top) 2R (the top weight is exactly 1 of z in a partial;
         writing D' - D = sum (lambda'_i - lambda_i)(x_i - x_top))."""
         second = p.q / p.z
-        delta = p.v / p.z[:, None]
-        trace = second - np.einsum("ij,ij->i", delta, delta)
+        trace = second - r_y * r_y
         off_top = np.maximum(p.z - 1.0, 0.0) / p.z
         return np.minimum(np.sqrt(np.maximum(trace, 0.0) + 4.0 * rel * second),
                           off_top * 2.0 * self.data.radius * (1.0 + 1e-12))  # fmt: skip
@@ -368,10 +372,7 @@ class KNNScore(ScoreModel):
             lr = log_t - log_s  # log ratio
             ratio = np.exp(lr)
             eps = np.where(np.isfinite(lr), 1.0 / (1.0 + np.exp(-lr)), np.where(lr > 0, 1.0, 0.0))
-        delta = p.v / p.z[:, None]  # D_K - y
-        r_y = np.sqrt(np.einsum("ij,ij->i", delta, delta))
-        dk_c = y.astype(np.float64) + delta - self.data.center.astype(np.float64)
-        dist_c = np.sqrt(np.einsum("ij,ij->i", dk_c, dk_c))
+        r_y, dist_c = self._geometry(p, y)
         R = self.data.radius * (1.0 + 1e-12)
         b2 = eps * (R + dist_c)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -381,7 +382,7 @@ class KNNScore(ScoreModel):
         out = np.empty((3, p.m.shape[0]))
         none = np.isneginf(log_t)  # nothing excluded
         out[_B_D] = np.where(none, 0.0, np.minimum(b2, b3)) + rel * (R + dist_c + r_y) \
-            + np.expm1(2.0 * logit) * self._spread(p, rel)
+            + np.expm1(2.0 * logit) * self._spread(p, rel, r_y)
         with np.errstate(over="ignore", invalid="ignore"):
             truncation = np.where(np.isneginf(log_t), 0.0, np.logaddexp(0.0, lr))
         out[_B_LOGP] = truncation + rel * (1.0 + np.abs(log_s)) + logit
@@ -441,12 +442,11 @@ class KNNScore(ScoreModel):
                                      self._threads(work), fast_tol=ftol)  # fmt: skip
         _scatter(parts, rows, p)
         rel, logit = self._rounding(p, self.n_train)
-        delta = p.v / p.z[:, None]
-        dk_c = y[rows].astype(np.float64) + delta - self.data.center.astype(np.float64)
-        lengths = R + np.sqrt(np.einsum("ij,ij->i", dk_c, dk_c)) + np.sqrt(np.einsum("ij,ij->i", delta, delta))
+        r_y, dist_c = self._geometry(p, y[rows])
         floor = _DENSE_FLOOR[self.dtype]
         engine = max(2.0 * ftol, floor)  # relative weight error of the engine's logits
-        bounds[_B_D, rows] = engine * R + np.expm1(2.0 * logit) * self._spread(p, rel) + rel * lengths
+        bounds[_B_D, rows] = engine * R + np.expm1(2.0 * logit) * self._spread(p, rel, r_y) \
+            + rel * (R + dist_c + r_y)
         log_s = self._log_s(p)
         bounds[_B_LOGP, rows] = 2.0 * ftol + floor * np.abs(log_s) + rel * (1.0 + np.abs(log_s)) + logit
         # tr C = sum lambda ||x - D||^2: weight errors move it by <= (e^{2e'} - 1) 4R^2 plus ||dD||^2
@@ -645,10 +645,9 @@ class KNNScore(ScoreModel):
                                      np.ones(int(n_terms.sum()), dtype=np.int64))  # fmt: skip
             p = self._segments(y[hits], st[hits], self.data.points, self.data.log_w, seg)
             r = np.maximum(np.array([e["r"] for e in entries]) - moved, 0.0)
-            if self._w is None:
-                log_out = self._log_mass_out(np.zeros((hits.size, 0), dtype=np.int64), n_terms)
-            else:
-                log_out = np.array([self._log_mass_out(a[None, :], a.size)[0] for a in ids_list])
+            padded = np.zeros((hits.size, int(n_terms.max())), dtype=np.int64)  # ragged -> prefixes
+            padded[np.arange(padded.shape[1])[None, :] < n_terms[:, None]] = np.concatenate(ids_list)
+            log_out = self._log_mass_out(padded, n_terms)
             with np.errstate(divide="ignore", invalid="ignore"):
                 log_t = np.where(np.isinf(r), -np.inf, log_out - r * r / s2)
                 log_g = np.where(np.isinf(r), -np.inf, log_out + _log_g(r, st[hits]))
