@@ -88,6 +88,39 @@ def _log_g(r: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     return np.where(r >= sigma, far, near)
 
 
+class PriorMass:
+    """Prior masses in the kernels' shifted units (w = pi / max pi) and bounds of what lies
+    outside a list of training ids: the Pi_out of the certificates (science.md §3.1)."""
+
+    def __init__(self, data: _backends.TrainingData):
+        self.n = data.n_points
+        self.w = None if data.log_w is None else np.exp(data.log_w)
+        self.total = float(self.n) if self.w is None else float(np.sum(self.w))
+
+    def log_outside(self, ids: np.ndarray, k=None) -> np.ndarray:
+        """log of an upper bound of the mass outside the first ``k[i]`` ids of row i of ``ids``
+        (M, >= k) (all of the row when k is None); -inf when the ids cover all N rows."""
+        k = np.broadcast_to(np.asarray(ids.shape[1] if k is None else k, dtype=np.int64), (ids.shape[0],))
+        with np.errstate(divide="ignore"):
+            if self.w is None:
+                return np.log(np.maximum(self.n - k, 0).astype(np.float64))
+            cum = np.concatenate([np.zeros((ids.shape[0], 1)), np.cumsum(self.w[ids], axis=1)], axis=1)
+            inside = cum[np.arange(ids.shape[0]), k]
+            # a 1e-12 relative slack on the total, and as much again, cover the rounding of both sums
+            up = self.total * (1.0 + 1e-12)
+            return np.where(k >= self.n, -np.inf, np.log(np.maximum(up - inside, 0.0) + 1e-12 * up))
+
+
+def gathered_partials(model, y, st, points, log_w, seg) -> Partial:
+    """Exact float64 partials of ``model``'s queries ``y`` over the rows of their segments of
+    ``points`` (``log_w`` aligned with them), normalised by the full training mass."""
+    data = model.data
+    work = 4.0 * float(seg.length.sum()) * data.dim
+    return _backends.partials_segments(model.backend, np.ascontiguousarray(y), st, points, log_w, seg,
+                                       effective_n_threads(model.n_threads, work), log_w_shift=data.log_w_shift,
+                                       log_mass=data.log_mass)  # fmt: skip
+
+
 def _select_cells(low2, log_mass, sigma, log_budget, cell_rows, row_budget, probed, n_threads) -> np.ndarray:
     """Mark in ``probed`` (uint8) the cells to scan so that the unprobed tail sum stays below
     exp(log_budget): the smallest tail terms are left out first (nnscore/ivf_bounds.hpp).
@@ -204,9 +237,7 @@ class KNNScore(ScoreModel):
             raise ValueError(f"fallback: expected 'exact' or 'error', got {fallback!r}")
         self.fallback = fallback
         log_w = self.data.log_w
-        # Prior masses in the kernels' shifted units (exp(log_w) = pi / max pi).
-        self._w = None if log_w is None else np.exp(log_w)
-        self._mass_total = float(n) if log_w is None else float(np.sum(self._w)) * (1.0 + 1e-12)
+        self._prior = PriorMass(self.data)
         if self.index.kind == "ivf":
             order, offsets = self.index.cell_order, self.index.cell_offsets
             # Cell-sorted copy: each cell is one contiguous segment of the gathered kernel.
@@ -217,7 +248,7 @@ class KNNScore(ScoreModel):
                 mass = sizes.astype(np.float64)
             else:
                 cell_of_row = np.repeat(np.arange(sizes.size), sizes)
-                mass = np.bincount(cell_of_row, weights=self._w[order], minlength=sizes.size) * (1.0 + 1e-12)
+                mass = np.bincount(cell_of_row, weights=self._prior.w[order], minlength=sizes.size) * (1.0 + 1e-12)
             with np.errstate(divide="ignore"):
                 self._log_cell_mass = np.log(mass)
             self._cell_sizes = sizes
@@ -488,7 +519,7 @@ class KNNScore(ScoreModel):
             r2_at[j] = r2
             if not certified or self.tol is None:
                 continue
-            log_out = self._log_mass_out(ids, kp)
+            log_out = self._prior.log_outside(ids, kp)
             log_ratio = log_out - np.maximum(r2, 0.0) / s2 - _lse(logits[:, :kp])
             ok = (log_ratio <= np.log(rho[rows])) & ~chosen
             choice[ok] = j
@@ -498,9 +529,9 @@ class KNNScore(ScoreModel):
         mask = np.arange(k_search)[None, :] < kp_row[:, None]
         seg = _backends.Segments(np.concatenate([[0], np.cumsum(kp_row)]).astype(np.int64),
                                  np.ascontiguousarray(ids[mask]), np.ones(int(kp_row.sum()), dtype=np.int64))
-        p = self._segments(y[rows], st[rows], self.data.points, self.data.log_w, seg)
+        p = gathered_partials(self, y[rows], st[rows], self.data.points, self.data.log_w, seg)
         if certified:
-            log_out = self._log_mass_out(ids, kp_row)
+            log_out = self._prior.log_outside(ids, kp_row)
             with np.errstate(divide="ignore"):
                 log_t = log_out - r2 / s2
                 log_t = np.where(np.isinf(r2), -np.inf, log_t)
@@ -520,23 +551,6 @@ class KNNScore(ScoreModel):
             sets[rows[i]] = {"ids": ids[i, : kp_row[i]].copy(), "r": float(np.sqrt(r2[i])),
                              "y": y[rows[i]].astype(np.float64)}  # fmt: skip
         return rows[~ok]
-
-    def _log_mass_out(self, ids: np.ndarray, k: np.ndarray) -> np.ndarray:
-        """log of the prior mass (shifted units) outside the first ``k[i]`` ids of each row."""
-        k = np.broadcast_to(np.asarray(k, dtype=np.int64), (ids.shape[0],))
-        with np.errstate(divide="ignore"):
-            if self._w is None:
-                return np.log(np.maximum(self.n_train - k, 0).astype(np.float64))
-            cum = np.concatenate([np.zeros((ids.shape[0], 1)), np.cumsum(self._w[ids], axis=1)], axis=1)
-            inside = cum[np.arange(ids.shape[0]), k]
-            # the 1e-12 relative slack (also in _mass_total) covers the rounding of both sums
-            return np.log(np.maximum(self._mass_total - inside, 0.0) + 1e-12 * self._mass_total)
-
-    def _segments(self, y, st, points, log_w, seg) -> Partial:
-        work = 4.0 * float(seg.length.sum()) * self.dim
-        return _backends.partials_segments(self.backend, np.ascontiguousarray(y), st, points, log_w, seg,
-                                           self._threads(work), log_w_shift=self.data.log_w_shift,
-                                           log_mass=self.data.log_mass)  # fmt: skip
 
     # -- IVF branch and bound -------------------------------------------------------------------
     def _ivf(self, y, st, eta, rho, rows, out, cache=None):
@@ -609,7 +623,7 @@ class KNNScore(ScoreModel):
         offsets = np.concatenate([[0], np.cumsum(np.bincount(q_of, minlength=cells.shape[0]))]).astype(np.int64)
         seg = _backends.Segments(offsets, self.index.cell_offsets[c_of].astype(np.int64),
                                  self._cell_sizes[c_of].astype(np.int64))  # fmt: skip
-        p = self._segments(yb[order], sb[order], self._sorted, self._sorted_log_w, seg)
+        p = gathered_partials(self, yb[order], sb[order], self._sorted, self._sorted_log_w, seg)
         inv = np.empty_like(order)
         inv[order] = np.arange(order.size)
         return _take(p, inv)
@@ -643,11 +657,11 @@ class KNNScore(ScoreModel):
             seg = _backends.Segments(np.concatenate([[0], np.cumsum(n_terms)]).astype(np.int64),
                                      np.concatenate(ids_list).astype(np.int64),
                                      np.ones(int(n_terms.sum()), dtype=np.int64))  # fmt: skip
-            p = self._segments(y[hits], st[hits], self.data.points, self.data.log_w, seg)
+            p = gathered_partials(self, y[hits], st[hits], self.data.points, self.data.log_w, seg)
             r = np.maximum(np.array([e["r"] for e in entries]) - moved, 0.0)
             padded = np.zeros((hits.size, int(n_terms.max())), dtype=np.int64)  # ragged -> prefixes
             padded[np.arange(padded.shape[1])[None, :] < n_terms[:, None]] = np.concatenate(ids_list)
-            log_out = self._log_mass_out(padded, n_terms)
+            log_out = self._prior.log_outside(padded, n_terms)
             with np.errstate(divide="ignore", invalid="ignore"):
                 log_t = np.where(np.isinf(r), -np.inf, log_out - r * r / s2)
                 log_g = np.where(np.isinf(r), -np.inf, log_out + _log_g(r, st[hits]))

@@ -38,7 +38,7 @@ from ..index.faiss_index import TrainingIndex
 from ..partials import Partial, merge
 from .base import ScoreModel, schedule_coefficients
 from .empirical import prepare_training_data
-from .knn import _lse
+from .knn import PriorMass, _lse, gathered_partials
 from .result import ScoreResult, result_from_partial
 
 __all__ = ["ImportanceSampledScore", "StratifiedScore"]
@@ -105,11 +105,8 @@ class _NNEstimator(ScoreModel):
         self.k = k
         self._rng = check_rng(rng)
         self._lock = threading.Lock()
-        log_w = self.data.log_w
-        # prior masses in the kernels' shifted units (exp(log_w) = pi / max pi)
-        self._w = None if log_w is None else np.exp(log_w)
-        self._mass_total = float(n) if log_w is None else float(np.sum(self._w))
-        self._cum_w = None if log_w is None else np.cumsum(self._w)
+        self._prior = PriorMass(self.data)
+        self._cum_w = None if self._prior.w is None else np.cumsum(self._prior.w)
 
     # -- properties -------------------------------------------------------------------------------
     @property
@@ -131,25 +128,9 @@ class _NNEstimator(ScoreModel):
             return np.zeros(ids.shape)
         return self.data.log_w[ids]
 
-    def _log_mass_out(self, ids: np.ndarray) -> np.ndarray:
-        """log of the prior mass (shifted units) outside each row of ``ids`` (M, k)."""
-        with np.errstate(divide="ignore"):
-            if self._w is None:
-                return np.full(ids.shape[0], math.log(self.n_train - ids.shape[1]) if ids.shape[1] < self.n_train
-                               else -np.inf)  # fmt: skip
-            if ids.shape[1] == self.n_train:
-                return np.full(ids.shape[0], -np.inf)
-            inside = np.sum(self._w[ids], axis=1)
-            # 1e-12 relative slack covers the rounding of both sums
-            return np.log(np.maximum(self._mass_total - inside, 0.0) + 1e-12 * self._mass_total)
-
     def _segments(self, y, st, ids: np.ndarray) -> Partial:
         """Exact float64 partials of each query over its row of ``ids`` (M, n)."""
-        seg = _backends.Segments.from_ids(ids)
-        work = 4.0 * float(ids.size) * self.dim
-        return _backends.partials_segments(self.backend, np.ascontiguousarray(y), st, self.data.points,
-                                           self.data.log_w, seg, self._threads(work),
-                                           log_w_shift=self.data.log_w_shift, log_mass=self.data.log_mass)  # fmt: skip
+        return gathered_partials(self, y, st, self.data.points, self.data.log_w, _backends.Segments.from_ids(ids))
 
     def _partials_ve(self, y: np.ndarray, sigma: np.ndarray) -> Partial:
         return self._estimate_ve(y, sigma, np.ones(y.shape[0]))[0]
@@ -236,7 +217,7 @@ class ImportanceSampledScore(_NNEstimator):
         stderr = np.empty(n_q)
         log_sk = _lse(logits, axis=1)
         l_bar = -sq[:, -1] / s2
-        log_out = self._log_mass_out(ids)
+        log_out = self._prior.log_outside(ids)
         log_zq = np.logaddexp(log_sk, log_out + l_bar)
         # log(1 + chi2) <= log(Z_q / S_K) + (d_(k)^2 - r_K) / 2s^2
         with np.errstate(invalid="ignore"):
@@ -260,7 +241,7 @@ class ImportanceSampledScore(_NNEstimator):
         b, k = ids.shape
         n, n_train = self.n_samples, self.n_train
         # mixture weight nu = Pi_total e^{l_bar} / Z_q of the prior component
-        log_nu = math.log(self._mass_total) + l_bar - log_zq
+        log_nu = math.log(self._prior.total) + l_bar - log_zq
         # neighbour component: pi_i (e^{l_i} - e^{l_bar}) on K, i.e. logits + log(1 - e^{l_bar - a_i})
         a = -sq / s2[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -382,7 +363,7 @@ class StratifiedScore(_NNEstimator):
         # deterministic bound (science.md §3.2 (ii)) for the true and the estimated denoiser
         with np.errstate(divide="ignore"):
             log_sk = p_k.m + np.log(p_k.z)
-        log_out = self._log_mass_out(ids)
+        log_out = self._prior.log_outside(ids)
         with np.errstate(invalid="ignore"):
             log_tbar = np.where(np.isinf(r_k) & (r_k > 0), -np.inf, log_out - np.maximum(r_k, 0.0) / s2)
         eps_bar = _sigmoid(log_tbar - log_sk)
