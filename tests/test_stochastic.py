@@ -267,3 +267,14 @@ def test_trailing_shape_of_an_array_is_kept():
         assert res.score.shape == (4, 2, 3) and model.shape == (2, 3)
         np.testing.assert_allclose(res.score, ref.score, rtol=0, atol=1e-10)
         np.testing.assert_allclose(model.evaluate(x.reshape(4, 6), 0.5).score, ref.score, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", [ImportanceSampledScore, StratifiedScore])
+def test_bounds_do_not_depend_on_the_weight_scale(setup, cls, seed):
+    """pi and c pi are the same model: the estimates and both error measures must agree."""
+    train, index, q, sigma, _ = setup
+    w = np.random.default_rng(seed).uniform(0.5, 1.0, N)
+    a, b = (cls(index, k=32, weights=c * w, rng=seed).evaluate(q, sigma) for c in (1.0, 1e6))
+    np.testing.assert_allclose(b.score, a.score, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b.error_bound, a.error_bound, rtol=1e-6)
+    np.testing.assert_allclose(b.mc_stderr, a.mc_stderr, rtol=1e-6, atol=1e-300)

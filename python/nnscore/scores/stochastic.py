@@ -362,8 +362,8 @@ class StratifiedScore(_NNEstimator):
         top1 = p.top1
         # deterministic bound (science.md §3.2 (ii)) for the true and the estimated denoiser
         with np.errstate(divide="ignore"):
-            log_sk = p_k.m + np.log(p_k.z)
-        log_out = self._prior.log_outside(ids)
+            log_sk = p_k.m + np.log(p_k.z)  # partials carry log pi; the masses are in pi / max pi
+        log_out = self._prior.log_outside(ids) + self.data.log_w_shift
         with np.errstate(invalid="ignore"):
             log_tbar = np.where(np.isinf(r_k) & (r_k > 0), -np.inf, log_out - np.maximum(r_k, 0.0) / s2)
         eps_bar = _sigmoid(log_tbar - log_sk)
