@@ -111,6 +111,13 @@ class PriorMass:
             return np.where(k >= self.n, -np.inf, np.log(np.maximum(up - inside, 0.0) + 1e-12 * up))
 
 
+def candidate_geometry(data, p: Partial, y) -> tuple[np.ndarray, np.ndarray]:
+    """(||y - D_K||, ||D_K - c||) of a candidates' partial of queries ``y`` (c: the data centre)."""
+    delta = p.v / p.z[:, None]  # D_K - y
+    dk_c = y.astype(np.float64) + delta - data.center.astype(np.float64)
+    return np.sqrt(np.einsum("ij,ij->i", delta, delta)), np.sqrt(np.einsum("ij,ij->i", dk_c, dk_c))
+
+
 def gathered_partials(model, y, st, points, log_w, seg) -> Partial:
     """Exact float64 partials of ``model``'s queries ``y`` over the rows of their segments of
     ``points`` (``log_w`` aligned with them), normalised by the full training mass."""
@@ -377,12 +384,6 @@ class KNNScore(ScoreModel):
         logit = 1.01 * _U64 * (self.dim + 4) * (np.abs(p.m - self.data.log_w_shift) + 50.0)
         return rel, logit
 
-    def _geometry(self, p: Partial, y) -> tuple[np.ndarray, np.ndarray]:
-        """(||y - D_K||, ||D_K - c||) of a partial of queries ``y`` (c: the data centre)."""
-        delta = p.v / p.z[:, None]  # D_K - y
-        dk_c = y.astype(np.float64) + delta - self.data.center.astype(np.float64)
-        return np.sqrt(np.einsum("ij,ij->i", delta, delta)), np.sqrt(np.einsum("ij,ij->i", dk_c, dk_c))
-
     def _spread(self, p: Partial, rel, r_y) -> np.ndarray:
         """Bound of sum_i lambda_i ||x_i - D|| (what relative weight errors move D by): the smaller
         of sqrt(tr C) (the computed q/z - ||v/z||^2, which cancels far from the data, plus 4 rel
@@ -403,7 +404,7 @@ class KNNScore(ScoreModel):
             lr = log_t - log_s  # log ratio
             ratio = np.exp(lr)
             eps = np.where(np.isfinite(lr), 1.0 / (1.0 + np.exp(-lr)), np.where(lr > 0, 1.0, 0.0))
-        r_y, dist_c = self._geometry(p, y)
+        r_y, dist_c = candidate_geometry(self.data, p, y)
         R = self.data.radius * (1.0 + 1e-12)
         b2 = eps * (R + dist_c)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -473,7 +474,7 @@ class KNNScore(ScoreModel):
                                      self._threads(work), fast_tol=ftol)  # fmt: skip
         _scatter(parts, rows, p)
         rel, logit = self._rounding(p, self.n_train)
-        r_y, dist_c = self._geometry(p, y[rows])
+        r_y, dist_c = candidate_geometry(self.data, p, y[rows])
         floor = _DENSE_FLOOR[self.dtype]
         engine = max(2.0 * ftol, floor)  # relative weight error of the engine's logits
         bounds[_B_D, rows] = engine * R + np.expm1(2.0 * logit) * self._spread(p, rel, r_y) \

@@ -38,7 +38,7 @@ from ..index.faiss_index import TrainingIndex
 from ..partials import Partial, merge
 from .base import ScoreModel, schedule_coefficients
 from .empirical import prepare_training_data
-from .knn import PriorMass, _lse, gathered_partials
+from .knn import PriorMass, _lse, candidate_geometry, gathered_partials
 from .result import ScoreResult, result_from_partial
 
 __all__ = ["ImportanceSampledScore", "StratifiedScore"]
@@ -368,10 +368,7 @@ class StratifiedScore(_NNEstimator):
             log_tbar = np.where(np.isinf(r_k) & (r_k > 0), -np.inf, log_out - np.maximum(r_k, 0.0) / s2)
         eps_bar = _sigmoid(log_tbar - log_sk)
         eps_hat = _sigmoid(log_that - log_sk)
-        dk = p_k.v / p_k.z[:, None]  # D_K - y
-        dk_c = y.astype(np.float64) + dk - self.data.center.astype(np.float64)
-        dist_c = np.sqrt(np.einsum("ij,ij->i", dk_c, dk_c))
-        r_y = np.sqrt(np.einsum("ij,ij->i", dk, dk))
+        r_y, dist_c = candidate_geometry(self.data, p_k, y)
         R = self.data.radius * (1.0 + 1e-12)
         rel = 4.0 * _U64 * (k + L + dim + 8)
         if exact:
