@@ -23,7 +23,8 @@ an isotropic kernel ns.GaussianKernel(h) with h = --h-rel * sigma (default 0.5 s
     floor of the measurable err.  'pred' is the estimator's own prediction
     sqrt(sum_m mc_stderr_m^2 / sum_m ||s_ref_m||^2) (RMS over seeds), to check mc_stderr.
     'err*sqrt(t)' compares estimators at equal cost (lower is better).
-    taylor2 is not implemented in nnscore yet and is reported as skipped.
+    taylor2 is deterministic (no draws): one row, the same time for any n_samples, its err is the
+    O(h~^4) truncation of the expansion (no 'pred').
 
     python bench/smoothing.py                          # README tables (~3.5 min on 2 cores)
     python bench/smoothing.py --N 20000 --M 16         # quick check
@@ -192,12 +193,13 @@ def main(argv=None):
                 print(f"  {name}: not implemented in nnscore yet (estimators: {list(ESTIMATORS)}): skipped",
                       flush=True)
                 continue
-            for n in common.parse_list(args.err_n, int):
+            deterministic = est == "taylor2"
+            for n in [2] if deterministic else common.parse_list(args.err_n, int):
                 if anti and n % 2:
                     continue
                 err2 = pred2 = 0.0
                 times = []
-                for seed in range(args.seeds):
+                for seed in range(1 if deterministic else args.seeds):
                     sm = ns.SmoothedScore(base, kernel, n_samples=n, estimator=est, antithetic=anti, rng=seed)
                     t0 = time.perf_counter()
                     r = sm.evaluate(Y, sigma)
@@ -206,10 +208,12 @@ def main(argv=None):
                     err2 += float(sq_norms(s - s_ref).sum())
                     if r.mc_stderr is not None:
                         pred2 += float((np.asarray(r.mc_stderr, dtype=np.float64) ** 2).sum())
-                err = math.sqrt(err2 / (args.seeds * ref_norm2))
-                pred = math.sqrt(pred2 / (args.seeds * ref_norm2))
+                n_runs = 1 if deterministic else args.seeds
+                err = math.sqrt(err2 / (n_runs * ref_norm2))
+                pred = math.nan if deterministic else math.sqrt(pred2 / (n_runs * ref_norm2))
                 t_med = min(times)
-                rec = {"table": "error", "estimator": name, "n_samples": n, "rows": M * sm.n_evaluations,
+                rec = {"table": "error", "estimator": name, "n_samples": "-" if deterministic else n,
+                       "rows": M * sm.n_evaluations,
                        "time_s": t_med, "rel_rms_err": err, "pred_rel_err": pred, "err_sqrt_t": err * math.sqrt(t_med),
                        "ref_rel_err": ref_rel, "seeds": args.seeds, "note": ""}
                 rows.append(rec)

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>  // std::optional for log_w=None
 
 #include <optional>
+#include <vector>
 #include <string>
 
 #include "nnscore/dense.hpp"
@@ -51,11 +52,9 @@ const double* checked_vec(const py::array_t<double>& a, const char* name, index_
 }
 
 template <class T>
-void bind_dense(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_sqnorm,
-                std::optional<py::array_t<double>> log_w, py::array_t<T> center, py::array_t<double> sigma, py::array_t<double> m,
-                py::array_t<double> z, py::array_t<double> v, py::array_t<double> q, py::array_t<double> z2,
-                py::array_t<std::int64_t> top1, py::array_t<std::int64_t> n_exact, double x_radius, double fast_tol,
-                double log_cut, int n_threads, int simd_level) {
+DenseProblem<T> dense_problem(const py::array_t<T>& y, const py::array_t<T>& x, const py::array_t<double>& x_half_sqnorm,
+                              const std::optional<py::array_t<double>>& log_w, const py::array_t<T>& center,
+                              const py::array_t<double>& sigma, double x_radius, double fast_tol, double log_cut) {
   NNSCORE_CHECK(y.ndim() == 2 && x.ndim() == 2, "y and x must be 2-d");
   const index_t M = y.shape(0), N = x.shape(0), d = x.shape(1);
   DenseProblem<T> P;
@@ -75,9 +74,43 @@ void bind_dense(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_s
   P.x_radius = x_radius;
   P.fast_tol = fast_tol;
   P.log_cut = log_cut;
+  return P;
+}
+
+template <class T>
+void bind_dense(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_sqnorm,
+                std::optional<py::array_t<double>> log_w, py::array_t<T> center, py::array_t<double> sigma, py::array_t<double> m,
+                py::array_t<double> z, py::array_t<double> v, py::array_t<double> q, py::array_t<double> z2,
+                py::array_t<std::int64_t> top1, py::array_t<std::int64_t> n_exact, double x_radius, double fast_tol,
+                double log_cut, int n_threads, int simd_level) {
+  const DenseProblem<T> P = dense_problem(y, x, x_half_sqnorm, log_w, center, sigma, x_radius, fast_tol, log_cut);
+  const index_t M = P.M, d = P.d;
   DenseOutput out{checked_out(m, "m", M), checked_out(z, "z", M),   checked_out(v, "v", M, d),
                   checked_out(q, "q", M), checked_out(z2, "z2", M), checked_out(top1, "top1", M),
                   checked_out(n_exact, "n_exact", M)};
+  NNSCORE_CHECK(simd_level >= 0 && simd_level <= 2, "simd_level: expected 0, 1 or 2");
+  py::gil_scoped_release release;
+  partials_dense<T>(P, out, n_threads, static_cast<SimdLevel>(simd_level));
+}
+
+template <class T>
+void bind_third_moments(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_sqnorm,
+                        std::optional<py::array_t<double>> log_w, py::array_t<T> center, py::array_t<double> sigma,
+                        py::array_t<double> known_max, py::array_t<double> moment_center, py::array_t<double> t,
+                        py::array_t<double> g, py::array_t<double> z, double x_radius, double fast_tol,
+                        double log_cut, int n_threads, int simd_level) {
+  DenseProblem<T> P = dense_problem(y, x, x_half_sqnorm, log_w, center, sigma, x_radius, fast_tol, log_cut);
+  const index_t M = P.M, d = P.d;
+  P.known_max = checked_vec<T>(known_max, "known_max", M);
+  NNSCORE_CHECK(moment_center.ndim() == 2 && moment_center.shape(0) == M && moment_center.shape(1) == d &&
+                    (moment_center.flags() & py::array::c_style),
+                "moment_center: expected a C-contiguous (" << M << ", " << d << ") float64 array");
+  P.moment_center = moment_center.data();
+  // m, z2 and top1 are scratch in this mode: m is overwritten with known_max.
+  std::vector<double> m(M), z2(M);
+  std::vector<std::int64_t> top1(M);
+  DenseOutput out{m.data(), checked_out(z, "z", M), checked_out(t, "t", M, d), checked_out(g, "g", M),
+                  z2.data(), top1.data(), nullptr};
   NNSCORE_CHECK(simd_level >= 0 && simd_level <= 2, "simd_level: expected 0, 1 or 2");
   py::gil_scoped_release release;
   partials_dense<T>(P, out, n_threads, static_cast<SimdLevel>(simd_level));
@@ -95,6 +128,20 @@ void def_dense(py::module_& m, const char* name) {
         py::arg("m").noconvert(), py::arg("z").noconvert(), py::arg("v").noconvert(), py::arg("q").noconvert(),
         py::arg("z2").noconvert(), py::arg("top1").noconvert(), py::arg("n_exact").noconvert(), py::arg("x_radius"),
         py::arg("fast_tol"), py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"));
+}
+
+template <class T>
+void def_third_moments(py::module_& m, const char* name) {
+  m.def(name, &bind_third_moments<T>,
+        "third_moments_dense_{f32,f64}(y, x, x_half_sqnorm, log_w, center, sigma, known_max, moment_center,\n"
+        "    t, g, z, x_radius, fast_tol, log_cut, n_threads, simd_level)\n\n"
+        "Second pass of the dense reduction with the max logit known: with w = exp(l - known_max) and\n"
+        "g = ||x - c||^2 (c = moment_center[i]), writes t = sum w g (x - c), g = sum w g, z = sum w.",
+        py::arg("y").noconvert(), py::arg("x").noconvert(), py::arg("x_half_sqnorm").noconvert(),
+        py::arg("log_w").noconvert(), py::arg("center").noconvert(), py::arg("sigma").noconvert(),
+        py::arg("known_max").noconvert(), py::arg("moment_center").noconvert(), py::arg("t").noconvert(),
+        py::arg("g").noconvert(), py::arg("z").noconvert(), py::arg("x_radius"), py::arg("fast_tol"),
+        py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"));
 }
 
 const std::int64_t* checked_index(const py::array_t<std::int64_t>& a, const char* name, index_t n) {
@@ -225,6 +272,8 @@ void register_kernels(py::module_& m) {
   def_dense<double>(m, "partials_dense_f64");
   def_segments<float>(m, "partials_segments_f32");
   def_segments<double>(m, "partials_segments_f64");
+  def_third_moments<float>(m, "third_moments_dense_f32");
+  def_third_moments<double>(m, "third_moments_dense_f64");
   m.def("ivf_cell_bounds", &bind_ivf_bounds,
         "ivf_cell_bounds(G, qn, cn, radii, slack, inv_gap, n_refs, g, deflate, out, n_threads)\n\n"
         "Certified squared distance lower bounds from each query to each IVF cell (ball and\n"

@@ -13,6 +13,13 @@
 // Products are taken about a centre c (the data mean), subtracted while packing, so that the
 // rounding bounds scale with the spread of the data rather than its offset.
 // Never more than one tile of logits is in memory.
+//
+// Third-moment mode (moment_center set; the taylor2 smoothed score, science.md §2.1.4): a second
+// pass over the same queries with the max logit m known from the first.  With w = exp(l - m) and
+// g = ||x - c||^2 for the query's centre c, the outputs become  v = sum w g (x - c),
+// q = sum w g,  z = sum w  (m = known_max; z2, top1 unused).  Fast-path queries form g in GEMM
+// form about the data centre (a second micro-kernel pass over the tile); the others take the
+// selection path with every candidate in float64 (no mixed path: nothing to redo).
 #pragma once
 #include <cstdint>
 
@@ -36,6 +43,8 @@ struct DenseProblem {
   double x_radius = 0.0;  ///< max_i ||x_i - c|| (scales the rounding bounds)
   double fast_tol = 0.0;  ///< fast path when the logit error estimate is below this
   double log_cut = 0.0;   ///< skip terms whose logit is below (running max - log_cut)
+  const double* moment_center = nullptr;  ///< (M, d) c per query: third-moment mode, or null
+  const double* known_max = nullptr;      ///< (M,) max logit of each query (third-moment mode)
 };
 
 /// Structure-of-arrays outputs: one partial per query (see online_softmax.hpp).

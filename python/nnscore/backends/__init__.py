@@ -16,7 +16,7 @@ import numpy as np
 from ..exceptions import BackendUnavailableError
 from ..partials import Partial, empty_partial
 from . import numba_kernels
-from .reference import partials_dense_reference, partials_segments_reference
+from .reference import partials_dense_reference, partials_segments_reference, third_moments_reference
 
 try:  # the compiled core is optional at import: a failed build still imports (Numba fallback)
     from .. import _core  # type: ignore[attr-defined]
@@ -36,6 +36,7 @@ __all__ = [
     "resolve",
     "partials_dense",
     "partials_segments",
+    "third_moments",
     "Segments",
     "SIMD_LEVELS",
     "simd_level",
@@ -277,3 +278,48 @@ def partials_segments(
     else:
         raise ValueError(f"backend: unknown backend {backend!r}")
     return Partial(m=p.m + log_w_shift, z=p.z, v=p.v, q=p.q, z2=p.z2, top1=p.top1, log_mass=log_mass)
+
+
+def third_moments(
+    backend: str,
+    y: np.ndarray,
+    sigma: np.ndarray,
+    data: TrainingData,
+    p: Partial,
+    center: np.ndarray,
+    n_threads: int,
+    *,
+    level: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Third posterior moment about ``center``, a second pass after the partials ``p``.
+
+    Returns ``t`` (M, D) = sum_i lambda_i g_i (x_i - c) and ``G`` (M,) = sum_i lambda_i g_i,
+    float64, with g_i = ||x_i - c||^2, c = ``center`` (M, D) float64 (e.g. the denoiser) and
+    lambda_i the posterior weights of ``y`` at ``sigma``; ``p`` is the first pass over the same
+    queries (:func:`partials_dense`): its max logit and normaliser make the weights.  Every term
+    is taken in float64 difference form; terms the first pass skipped are skipped.
+    """
+    n_q, dim = y.shape[0], data.dim
+    center = np.ascontiguousarray(center, dtype=np.float64)
+    if n_q == 0:
+        return np.zeros((0, dim)), np.zeros(0)
+    max_logit = np.ascontiguousarray(p.m - data.log_w_shift, dtype=np.float64)  # the kernels' log_w frame
+    with np.errstate(divide="ignore"):
+        log_norm = max_logit + np.log(p.z)
+    log_cut = float(np.log(data.n_points)) + SKIP_MARGIN[data.points.dtype]
+    if backend == "cpp":
+        t, g, z = np.empty((n_q, dim)), np.empty(n_q), np.empty(n_q)
+        kernel = _core.third_moments_dense_f32 if data.points.dtype == np.float32 else _core.third_moments_dense_f64
+        kernel(
+            y, data.points, data.half_sqnorm, data.log_w, data.center, np.ascontiguousarray(sigma, dtype=np.float64),
+            max_logit, center, t, g, z, data.radius, FAST_TOL[data.points.dtype], log_cut,
+            n_threads, simd_level() if level is None else level,
+        )  # fmt: skip
+        # the kernel's weights are relative to the max logit; the first pass's z normalises them
+        return t / p.z[:, None], g / p.z
+    if backend == "numba":
+        return numba_kernels.third_moments_numba(y, data.points, sigma, data.log_w, max_logit, log_norm, center,
+                                                 log_cut, n_threads=n_threads)
+    if backend == "reference":
+        return third_moments_reference(y, data.points, sigma, data.log_w, center)
+    raise ValueError(f"backend: unknown backend {backend!r}")

@@ -30,7 +30,7 @@ import numpy as np
 from ..exceptions import BackendUnavailableError
 from ..partials import Partial
 
-__all__ = ["partials_dense_numba", "partials_segments_numba", "is_available"]
+__all__ = ["partials_dense_numba", "partials_segments_numba", "third_moments_numba", "is_available"]
 
 #: Terms with ``l_i < m - SKIP_BELOW`` are skipped: ``exp(-746)`` is 0 in float64.
 SKIP_BELOW = 746.0
@@ -188,8 +188,37 @@ def _build_kernels() -> dict:
                 scan(y, x, lw, has_lw, qi, 2.0 * (s * s), seg_start[g], seg_start[g] + seg_len[g],
                      m, z, q, z2, top, v, qi)
 
+    @njit(parallel=True, cache=False)
+    def third_moments(y, x, lw, has_lw, sigma, max_logit, log_norm, center, log_cut, t, g):
+        """Per query: t = sum lambda ||x - c||^2 (x - c), g = sum lambda ||x - c||^2 (difference form)."""
+        n_t, d = x.shape
+        for qi in prange(y.shape[0]):
+            inv = 0.5 / (sigma[qi] * sigma[qi])
+            floor_l = max_logit[qi] - log_cut
+            gq = 0.0
+            for i in range(n_t):
+                sq = 0.0
+                for k in range(d):
+                    e = np.float64(x[i, k]) - np.float64(y[qi, k])
+                    sq += e * e
+                l = -sq * inv
+                if has_lw:
+                    l += lw[i]
+                if not l >= floor_l:
+                    continue
+                w = math.exp(l - log_norm[qi])
+                gc = 0.0
+                for k in range(d):
+                    e = np.float64(x[i, k]) - center[qi, k]
+                    gc += e * e
+                w *= gc
+                gq += w
+                for k in range(d):
+                    t[qi, k] += w * (np.float64(x[i, k]) - center[qi, k])
+            g[qi] = gq
+
     return {"by_queries": by_queries, "by_chunks": by_chunks, "merge_chunks": merge_chunks,
-            "by_segments": by_segments}
+            "by_segments": by_segments, "third_moments": third_moments}
 
 
 def _get_kernels() -> dict:
@@ -323,3 +352,27 @@ def partials_segments_numba(y, points, sigma, log_weights, offsets, seg_start, s
         if n_use != prev:
             numba.set_num_threads(prev)
     return Partial(m=m, z=z, v=v, q=q, z2=z2, top1=top)
+
+
+def third_moments_numba(y, points, sigma, log_weights, max_logit, log_norm, center, log_cut, n_threads=None):
+    """``(t, G)``: see :func:`nnscore.backends.third_moments` (parallel over queries)."""
+    y, x, sigma, lw, has_lw = _prepare(y, points, sigma, log_weights)
+    n_q, d = y.shape
+    t, g = np.zeros((n_q, d)), np.zeros(n_q)
+    if n_q == 0:
+        return t, g
+    kernels = _get_kernels()
+    import numba
+
+    prev = numba.get_num_threads()
+    n_use = prev if n_threads is None else min(int(n_threads), numba.config.NUMBA_NUM_THREADS)
+    if n_use != prev:
+        numba.set_num_threads(n_use)
+    try:
+        kernels["third_moments"](y, x, lw, has_lw, sigma, np.ascontiguousarray(max_logit, dtype=np.float64),
+                                 np.ascontiguousarray(log_norm, dtype=np.float64),
+                                 np.ascontiguousarray(center, dtype=np.float64), float(log_cut), t, g)
+    finally:
+        if n_use != prev:
+            numba.set_num_threads(prev)
+    return t, g

@@ -68,3 +68,19 @@ def partials_segments_reference(y, points, sigma, log_weights, offsets, seg_star
                                      None if log_weights is None else np.asarray(log_weights)[rows])
         m[i], z[i], q[i], z2[i], v[i], top1[i] = p.m[0], p.z[0], p.q[0], p.z2[0], p.v[0], rows[p.top1[0]]
     return Partial(m=m, z=z, v=v, q=q, z2=z2, top1=top1)
+
+
+def third_moments_reference(y, train, sigma, log_weights, center):
+    """``(t, G)`` in float64, no skipped terms: t_q = sum_i lambda_qi g_qi (x_i - c_q) and
+    G_q = sum_i lambda_qi g_qi with g_qi = ||x_i - c_q||^2 and lambda the posterior weights."""
+    p = partials_dense_reference(y, train, sigma, log_weights)
+    y = np.asarray(y, dtype=np.float64)
+    x = np.asarray(train, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    logits = -np.einsum("mnd,mnd->mn", x[None] - y[:, None], x[None] - y[:, None]) / (2.0 * sigma[:, None] ** 2)
+    if log_weights is not None:
+        logits = logits + np.asarray(log_weights, dtype=np.float64)[None, :]
+    lam = np.exp(logits - (p.m + np.log(p.z))[:, None])
+    dc = x[None, :, :] - np.asarray(center, dtype=np.float64)[:, None, :]  # (M, N, d): x_i - c_q
+    g = lam * np.einsum("mnd,mnd->mn", dc, dc)
+    return np.einsum("mn,mnd->md", g, dc), g.sum(axis=1)

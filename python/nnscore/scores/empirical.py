@@ -8,7 +8,8 @@ from .. import schedules as _schedules
 from .._threads import effective_n_threads
 from .._validation import as_float_array, as_rows, check_finite
 from ..partials import Partial
-from .base import ScoreModel
+from .base import ScoreModel, schedule_coefficients
+from .result import ScoreResult, result_from_partial
 
 __all__ = ["EmpiricalScore", "prepare_training_data"]
 
@@ -74,6 +75,28 @@ class EmpiricalScore(ScoreModel):
         work = 4.0 * y.shape[0] * self.n_train * self.dim
         n_threads = effective_n_threads(self.n_threads, work)
         return _backends.partials_dense(self.backend, y, sigma, self.data, n_threads, diagnostics=diagnostics)
+
+    def third_moment(self, x, t) -> tuple[ScoreResult, np.ndarray]:
+        """``evaluate(x, t)`` and the contracted third central moment of the posterior.
+
+        Returns ``(result, T)`` with ``T`` (M, d) float64 = sum_i lambda_i ||x_i - D||^2 (x_i - D)
+        in data units (D the denoiser, lambda the posterior weights): ``grad_y tr Cov`` times
+        sigma~^2, the term of the ``taylor2`` smoothed score (science.md §2.1.4).  A second pass
+        over the training set with the first pass's max logit and normaliser (about the cost of
+        one more evaluation); the cpp backend forms the terms as the first pass does (GEMM form
+        where the logits are accurate enough, float64 difference form otherwise).
+        """
+        x_rows, out_dtype = self._check_queries(x)
+        alpha, s = schedule_coefficients(self.schedule, t, x_rows.shape[0])
+        y = self._to_ve(x_rows, alpha)
+        st = s / alpha
+        p = self._partials_ve(y, st)
+        res = result_from_partial(p, y, alpha, s, self.shape, out_dtype, self.backend)
+        centre = y.astype(np.float64) + p.v / np.maximum(p.z, np.finfo(np.float64).tiny)[:, None]
+        work = 8.0 * y.shape[0] * self.n_train * self.dim
+        n_threads = effective_n_threads(self.n_threads, work)
+        third, _ = _backends.third_moments(self.backend, y, st, self.data, p, centre, n_threads)
+        return res, third
 
     def __repr__(self) -> str:
         return (

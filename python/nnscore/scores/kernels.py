@@ -23,8 +23,11 @@ query rows in the schedule's x-coordinates (the coordinates the offsets are adde
 Kernels that need the training set get it at binding time: :meth:`Kernel._bind` receives a
 :class:`KernelContext` (the smoothed model's base model, whose ``train`` rows are fetched
 lazily).  With a location-dependent kernel ``SmoothedScore`` computes the "score-smoothing"
-field ``E_{Y ~ k_x} grad log p_t(Y)`` (what FPHDP's code does), not the gradient of a smoothed
-log-density.
+field ``E_{Y ~ k_x} grad log p_t(Y)`` (what FPHDP's code does) by default, or with
+``smoothing="log_density"`` the gradient of the smoothed log-density ``grad_x E log p_t(Y(x))`` by
+the reparameterisation gradient ``E[(dY/dx)^T grad log p_t(Y)]`` (:meth:`BoundKernel.offsets_vjp`;
+the two coincide for location-independent kernels and, almost everywhere, for the tangent kernel,
+whose frames are constant between changes of the neighbour set).
 
 * :class:`TangentKernel` (experimental, [R] library extension): ``Y = x + U_x U_x^T h xi`` with
   ``U_x`` the top principal directions of the ``k_neighbors`` training points nearest to x/a.
@@ -186,6 +189,12 @@ class BoundKernel:
     def stein_directions(self, z: np.ndarray, scale: np.ndarray, x=None, alpha=None) -> np.ndarray:  # pragma: no cover
         """``Sigma^{-1} xi`` (n, M, dim) for the perturbations ``xi = offsets(z, scale, x, alpha)``."""
         raise TypeError
+
+    def offsets_vjp(self, z: np.ndarray, scale: np.ndarray, x, alpha, v: np.ndarray) -> np.ndarray | None:
+        """``(d offsets / d x)^T v`` (n, M, dim) for per-sample vectors ``v`` (n, M, dim), or None
+        when the offsets do not depend on x (almost everywhere): the reparameterisation term of
+        the "log-density smoothing" gradient ``grad_x E log p(x + offset(x, z))``."""
+        return None
 
     @property
     def invertible(self) -> bool:
@@ -607,12 +616,20 @@ class ManifoldKernel(Kernel):
         Pi: (M, d) float64 points -> (M, d) nearest points of M, e.g. a
         :class:`nnscore.datasets.Manifold` (its ``project`` method is used) or
         ``lambda p: p / np.linalg.norm(p, axis=1, keepdims=True)``.
+    jacobian : callable, optional
+        ``J(p)`` (M, d) -> (M, d, d), ``J[m, i, k] = d Pi_i / d p_k``: used only by
+        ``SmoothedScore(..., smoothing="log_density")``.  Default: central differences of Pi with
+        step ``1e-5 max(1, ||p||)`` (2 d projections per point; about 1e-8 relative accuracy for
+        projections exact to 1e-13).
     """
 
     location_dependent = True
 
-    def __init__(self, h, projection):
+    def __init__(self, h, projection, jacobian=None):
         self.h = check_bandwidth(h, "h")
+        if jacobian is not None and not callable(jacobian):
+            raise TypeError(f"jacobian: expected None or a callable (M, d) -> (M, d, d), got {type(jacobian).__name__}")
+        self.jacobian = jacobian
         project = getattr(projection, "project", None)
         if callable(project):
             self._project = project
@@ -631,7 +648,7 @@ class ManifoldKernel(Kernel):
         return eval_bandwidth(self.h, st, "h")
 
     def _bind(self, dim: int, context=None) -> "BoundKernel":
-        return _BoundManifold(self.h, self._project, dim)
+        return _BoundManifold(self.h, self._project, dim, self.jacobian)
 
     def __repr__(self) -> str:
         p = self.projection
@@ -643,9 +660,10 @@ class _BoundManifold(BoundKernel):
     location_dependent = True
     zero_mean = False
 
-    def __init__(self, h, project, dim: int):
+    def __init__(self, h, project, dim: int, jacobian=None):
         self.h = h
         self.project = project
+        self.jacobian = jacobian
         self.dim = dim
         self.static_zero = (not callable(h)) and h == 0.0
         self.rank = 0 if self.static_zero else dim
@@ -675,6 +693,46 @@ class _BoundManifold(BoundKernel):
         off = (moved - base[None, :, :]) * alpha[None, :, None]
         off[:, scale == 0.0, :] = 0.0
         return off
+
+    def offsets_vjp(self, z, scale, x, alpha, v):
+        # Y = x + a (Pi(w) - Pi(p)) with p = x / a, w = Pi(p) + h z / a:
+        # dY/dx = I + (J(w) - I) J(p), so the term is J(p)^T (J(w)^T v - v).
+        x, alpha = _check_queries(x, alpha, "ManifoldKernel")
+        n, n_q = v.shape[0], x.shape[0]
+        p = x / alpha[:, None]
+        base = self._pi(p)
+        w = (base[None, :, :] + z * (scale / alpha)[None, :, None]).reshape(n * n_q, self.dim)
+        u = self._jacobian_t_times(w, v.reshape(n * n_q, self.dim)).reshape(n, n_q, self.dim) - v
+        jp = self._jacobian(p)  # (M, d, d)
+        out = np.einsum("mik,nmi->nmk", jp, u)
+        out[:, scale == 0.0, :] = 0.0  # no smoothing: Y = x exactly
+        return out
+
+    def _jacobian(self, p: np.ndarray) -> np.ndarray:
+        """J (B, d, d) of Pi at the rows of p: the user's, or central differences."""
+        if self.jacobian is not None:
+            jac = np.asarray(self.jacobian(p), dtype=np.float64)
+            if jac.shape != (p.shape[0], self.dim, self.dim) or not np.all(np.isfinite(jac)):
+                raise ValueError(
+                    f"jacobian: must map (M, {self.dim}) points to finite (M, {self.dim}, {self.dim}) "
+                    f"matrices, got shape {jac.shape}"
+                )
+            return jac
+        n_pts, d = p.shape
+        step = 1e-5 * np.maximum(1.0, np.linalg.norm(p, axis=1))  # (B,)
+        shifts = step[:, None, None] * np.eye(d)[None]  # (B, d, d): row k shifts coordinate k
+        plus = self._pi((p[:, None, :] + shifts).reshape(n_pts * d, d)).reshape(n_pts, d, d)
+        minus = self._pi((p[:, None, :] - shifts).reshape(n_pts * d, d)).reshape(n_pts, d, d)
+        # plus[b, k, i] = Pi_i(p_b + step e_k): transpose to J[b, i, k]
+        return np.swapaxes(plus - minus, 1, 2) / (2.0 * step[:, None, None])
+
+    def _jacobian_t_times(self, p: np.ndarray, v: np.ndarray, chunk_entries: int = 1 << 22) -> np.ndarray:
+        """J(p)^T v row by row, in chunks of at most ``chunk_entries`` Jacobian entries."""
+        out = np.empty_like(v)
+        step = max(1, chunk_entries // (self.dim * self.dim))
+        for a in range(0, p.shape[0], step):
+            out[a : a + step] = np.einsum("bik,bi->bk", self._jacobian(p[a : a + step]), v[a : a + step])
+        return out
 
     def factor(self, sigma_tilde):  # pragma: no cover - location-dependent
         raise TypeError("ManifoldKernel is location-dependent: it has no single factor")

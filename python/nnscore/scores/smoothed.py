@@ -42,12 +42,14 @@ from .base import ScoreModel, schedule_coefficients
 from .kernels import GaussianKernel, Kernel, KernelContext
 from .result import ScoreResult
 
-__all__ = ["SmoothedScore", "MODES", "ESTIMATORS"]
+__all__ = ["SmoothedScore", "MODES", "ESTIMATORS", "SMOOTHINGS"]
 
+#: What is smoothed (science.md §2.2): the score, or the log-density (then differentiated).
+SMOOTHINGS = ("score", "log_density")
 #: Randomness modes of :class:`SmoothedScore` (science.md §2.0).
 MODES = ("fresh", "fixed", "quadrature")
 #: Estimators of :class:`SmoothedScore`.
-ESTIMATORS = ("control_variate", "raw", "stein")
+ESTIMATORS = ("control_variate", "raw", "stein", "taylor2")
 #: Confidence level of the McDiarmid bound reported as ``error_bound``.
 ERROR_BOUND_DELTA = 0.05
 #: Largest latent dimension (kernel rank) for Gauss-Hermite product quadrature.
@@ -101,7 +103,7 @@ class SmoothedScore(ScoreModel):
         nodes on the kernel's latent space; needs kernel rank <= 3 (data with d <= 3 for
         :class:`GaussianKernel`, or a rank <= 3 anisotropic kernel such as a tangent kernel with
         ``h_normal = 0`` on a <= 3-dim basis).
-    estimator : {"control_variate", "raw", "stein"}
+    estimator : {"control_variate", "raw", "stein", "taylor2"}
         "control_variate": ``(a mean_j D(x + xi_j) - x) / s^2``, each sample contributing
         ``(a D_j - x) / s^2``.  "raw": ``mean_j grad log p(x + xi_j)``; equal in expectation, and
         with antithetic pairs identical up to rounding (the linear part cancels exactly).
@@ -109,10 +111,30 @@ class SmoothedScore(ScoreModel):
         values only, high variance; a cross-check).  Needs a non-singular kernel and a base model
         that returns ``log_density``; the stacked batch then also holds the M queries themselves
         (the baseline log p(x), and the exact result where a callable bandwidth is 0).
+        "taylor2": the deterministic small-h expansion of science.md §2.1.4,
+        ``s_h ~ s + h~^2 T / (2 a sigma~^6)`` with ``h~ = h / a`` and
+        ``T = sum_i lambda_i ||x_i - D||^2 (x_i - D)`` (the base's ``third_moment``: two passes over
+        the training set, no draws), error O(h~^4); valid while h~ is small against the scale on
+        which the posterior weights change (roughly ``h~ ||x_i - x_j|| / sigma~^2 << 1`` for the
+        competing neighbours).  Needs an isotropic :class:`~nnscore.GaussianKernel` and a base
+        with ``third_moment`` (:class:`~nnscore.EmpiricalScore`); ``n_samples``, ``mode``,
+        ``antithetic`` and ``rng`` are not used, ``log_density`` is the expansion of
+        ``E log p(x + xi)`` to the same order, ``divergence``, ``mc_stderr`` and ``error_bound``
+        are None.
     antithetic : bool, default True
         Use pairs (xi, -xi) in the Monte-Carlo modes (ignored in "quadrature").
     rng : None, int or numpy.random.Generator
         Source of the draws ("fresh" and "fixed"); an int seed makes results reproducible.
+    smoothing : {"score", "log_density"}, default "score"
+        For a location-dependent kernel (science.md §2.2): "score" is the score-smoothing
+        ``E_{Y ~ k_x} grad log p_t(Y)`` (FPHDP's code); "log_density" the gradient of the smoothed
+        log-density ``grad_x E log p_t(Y(x, z))``, by the reparameterisation gradient
+        ``E[(dY/dx)^T grad log p_t(Y)]`` with the same draws (each sample adds the kernel's
+        ``offsets_vjp`` term; for :class:`~nnscore.ManifoldKernel` that needs the Jacobian of the
+        projection, its ``jacobian`` or central differences).  The two are the same field for
+        location-independent kernels and, almost everywhere, for :class:`~nnscore.TangentKernel`.
+        With "fixed" draws the "log_density" field is exactly the gradient of the returned
+        ``log_density`` field.
 
     Notes
     -----
@@ -161,6 +183,7 @@ class SmoothedScore(ScoreModel):
         estimator="control_variate",
         antithetic=True,
         rng=None,
+        smoothing="score",
     ):
         check_base_model(base)
         self.base = base
@@ -188,6 +211,8 @@ class SmoothedScore(ScoreModel):
             raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
         if not isinstance(estimator, str) or estimator not in ESTIMATORS:
             raise ValueError(f"estimator: expected one of {list(ESTIMATORS)}, got {estimator!r}")
+        if not isinstance(smoothing, str) or smoothing not in SMOOTHINGS:
+            raise ValueError(f"smoothing: expected one of {list(SMOOTHINGS)}, got {smoothing!r}")
         if not isinstance(antithetic, (bool, np.bool_)):
             raise TypeError(f"antithetic: expected a bool, got {antithetic!r}")
         antithetic = bool(antithetic)
@@ -214,6 +239,17 @@ class SmoothedScore(ScoreModel):
                 f"nodes), got rank {self._bound.rank} (data dimension {self.dim}); use an anisotropic "
                 "kernel on a <= 3-dim basis with h_normal=0, or a Monte-Carlo mode"
             )
+        if estimator == "taylor2":
+            if not isinstance(kernel, GaussianKernel):
+                raise ValueError(
+                    "estimator: 'taylor2' is the expansion for the isotropic Gaussian kernel (science.md "
+                    f"§2.1.4); got {type(kernel).__name__}, use a Monte-Carlo estimator"
+                )
+            if not callable(getattr(base, "third_moment", None)):
+                raise TypeError(
+                    f"base: estimator 'taylor2' needs the posterior's third moment (third_moment(x, t)), which "
+                    f"{type(base).__name__} does not provide; use EmpiricalScore or a Monte-Carlo estimator"
+                )
         if estimator == "stein" and not self._bound.static_zero and not self._bound.invertible:
             raise ValueError(
                 "estimator: 'stein' needs a non-singular kernel covariance (Sigma^{-1} xi); this kernel "
@@ -224,6 +260,7 @@ class SmoothedScore(ScoreModel):
                 f"estimator: 'stein' needs a location-independent kernel; {type(kernel).__name__} depends on x"
             )
         self.n_samples = n_samples
+        self.smoothing = smoothing
         self.mode = mode
         self.estimator = estimator
         self.antithetic = antithetic
@@ -238,7 +275,10 @@ class SmoothedScore(ScoreModel):
     # -- public ---------------------------------------------------------------------------------
     @property
     def n_evaluations(self) -> int:
-        """Base-model rows evaluated per query (samples or quadrature nodes; +1 for "stein")."""
+        """Base-model rows evaluated per query (samples or quadrature nodes; +1 for "stein"; 2 passes
+        for "taylor2")."""
+        if self.estimator == "taylor2":
+            return 2
         n = self._nodes.shape[0] if self.mode == "quadrature" else self.n_samples
         return n + (self.estimator == "stein")
 
@@ -265,6 +305,8 @@ class SmoothedScore(ScoreModel):
         scale = bound.scales(st)
         if n_q and not np.any(scale > 0.0):
             return self._base_result(x, t, n_q)
+        if self.estimator == "taylor2":
+            return self._taylor2(x, t, alpha, s, scale)
 
         z, weights, n_pairs = self._draws(n_q)
         x64 = x_rows.astype(np.float64, copy=False)
@@ -299,6 +341,11 @@ class SmoothedScore(ScoreModel):
             units = sco[: n * n_q].reshape(n, n_q, dim) + off * inv_s2[None, :, None]
         elif self.estimator == "raw":
             units = sco[: n * n_q].reshape(n, n_q, dim)
+            if self.smoothing == "log_density" and bound.location_dependent:
+                z_all = np.concatenate([z, -z]) if n_pairs else z
+                extra = bound.offsets_vjp(np.broadcast_to(z_all, (n, n_q, z_all.shape[2])), scale, x64, alpha, units)
+                if extra is not None:
+                    units = units + extra
         else:
             if lp is None:
                 raise ValueError(
@@ -356,6 +403,29 @@ class SmoothedScore(ScoreModel):
         )
 
     # -- helpers --------------------------------------------------------------------------------
+    def _taylor2(self, x, t, alpha, s, h) -> ScoreResult:
+        """science.md §2.1.4: D_h = D + h~^2 T / (2 sigma~^4), E log p = log p + (h~^2/2) Lap_y log p."""
+        res, third = self.base.third_moment(x, t)
+        n_q = alpha.shape[0]
+        st = s / alpha
+        ht2 = (h / alpha) ** 2
+        shift = (ht2 / (2.0 * st**4))[:, None] * third  # denoiser units
+        den = np.asarray(res.denoised, dtype=np.float64).reshape(n_q, -1) + shift
+        score = np.asarray(res.score, dtype=np.float64).reshape(n_q, -1) + (alpha / (s * s))[:, None] * shift
+        log_density = None
+        if res.log_density is not None and res.posterior_variance is not None:
+            # Laplacian in y of log p: tr Cov / sigma~^4 - d / sigma~^2 (science.md (1.7))
+            lap = res.posterior_variance / st**4 - self.dim / st**2
+            log_density = res.log_density + 0.5 * ht2 * lap
+        out_dtype = np.asarray(res.score).dtype
+        return ScoreResult(
+            denoised=den.astype(out_dtype, copy=False).reshape((n_q, *self.shape)),
+            score=score.astype(out_dtype, copy=False).reshape((n_q, *self.shape)),
+            log_density=log_density,
+            sigma=st,
+            backend=res.backend,
+        )
+
     def _base_result(self, x, t, n_q: int) -> ScoreResult:
         res = self.base.evaluate(x, t)
         if res.mc_stderr is None:
@@ -404,7 +474,8 @@ class SmoothedScore(ScoreModel):
     def __repr__(self) -> str:
         return (
             f"SmoothedScore(base={self.base!r}, kernel={self.kernel!r}, n_samples={self.n_samples}, "
-            f"mode={self.mode!r}, estimator={self.estimator!r}, antithetic={self.antithetic})"
+            f"mode={self.mode!r}, estimator={self.estimator!r}, antithetic={self.antithetic}, "
+            f"smoothing={self.smoothing!r})"
         )
 
 
