@@ -30,17 +30,21 @@ ones at each evaluation.  In the kNN path, "fixed" also fixes the generator of t
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import threading
 
 import numpy as np
 
+from .. import backends as _backends
 from .._rng import check_rng
 from .._validation import check_int as _check_int
 from .base import ScoreModel, schedule_coefficients
 from .empirical import EmpiricalScore
+from ..partials import merge
 from .kernels import GaussianKernel
+from .knn import gathered_partials
 from .result import ScoreResult
 from .smoothed import SmoothedScore
 from .stochastic import _sample_complement
@@ -312,23 +316,15 @@ class CFDMScore(ScoreModel):
         nbr = nbr.astype(np.int64)
         if np.any(nbr < 0):  # pragma: no cover - flat indexes return k valid ids for k <= N
             raise RuntimeError("faiss returned fewer than k neighbours")
+        rand = _sample_complement(nbr, n_train, n_rand, gen) if n_rand else None
+        # exact float64 partials over the gathered rows (the kernels of KNNScore); the uniform
+        # tail stands for (N - k) / L times its weight: a shift of its max logit, then a merge
+        pts, log_w = self.base.data.points, self.base.data.log_w
+        y_rows = np.ascontiguousarray(y, dtype=pts.dtype)
+        p = gathered_partials(self.base, y_rows, st, pts, log_w, _backends.Segments.from_ids(nbr))
         if n_rand:
-            rand = _sample_complement(nbr, n_train, n_rand, gen)
-            idx = np.concatenate([nbr, rand], axis=1)
-            log_mult = np.concatenate([np.zeros(k), np.full(n_rand, math.log((n_train - k) / n_rand))])
-        else:
-            idx = nbr
-            log_mult = np.zeros(k)
-        pts = np.asarray(self.train, dtype=np.float64)
-        cand = pts[idx]  # (B, k + L, d)
-        diff = cand - y[:, None, :]
-        logits = -0.5 * np.einsum("bjd,bjd->bj", diff, diff) / (st * st)[:, None] + log_mult[None, :]
-        log_w = self.base.data.log_w
-        if log_w is not None:
-            logits = logits + np.asarray(log_w, dtype=np.float64)[idx]
-        logits -= logits.max(axis=1, keepdims=True)
-        lam = np.exp(logits)
-        lam /= lam.sum(axis=1, keepdims=True)
+            p_r = gathered_partials(self.base, y_rows, st, pts, log_w, _backends.Segments.from_ids(rand))
+            p = merge(p, dataclasses.replace(p_r, m=p_r.m + math.log((n_train - k) / n_rand)))
         # D - y accumulated from differences (no cancellation at small sigma~)
-        return y + np.einsum("bj,bjd->bd", lam, diff)
+        return y_rows.astype(np.float64) + p.v / p.z[:, None]
 
