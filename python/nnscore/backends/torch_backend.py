@@ -265,6 +265,7 @@ def _dense_block(y, sig, data, fast_tol, log_cut, accumulate, rows, budget, forc
         if lw is not None:
             logit += lw
         gemm_terms = None
+        pairs = None
         if n_slow:
             ls, hss = logit[slow_rows], hs[slow_rows]
             els = el[slow_rows]
@@ -272,6 +273,7 @@ def _dense_block(y, sig, data, fast_tol, log_cut, accumulate, rows, budget, forc
             is_exact = ls >= (ref - exact_cut[slow_rows])[:, None]
             skip = ((ls + els[:, None]) < (ref - log_cut)[:, None]) & ~is_exact
             ri, bj = torch.nonzero(is_exact, as_tuple=True)
+            pairs = (slow_rows[ri], bj)
             for p0 in range(0, int(ri.numel()), pair_batch):
                 pi, pj = ri[p0 : p0 + pair_batch], bj[p0 : p0 + pair_batch]
                 diff = xb[pj].to(f64) - y64[slow_rows[pi]]  # difference form, float64
@@ -297,10 +299,28 @@ def _dense_block(y, sig, data, fast_tol, log_cut, accumulate, rows, budget, forc
         wsum = w.sum(1)
         z = z * scale + wsum
         z2 = z2 * scale * scale + (w * w).sum(1)
-        q = q * scale + 2.0 * (w * hs).sum(1)
-        v = v * scale[:, None].to(acc) + (w.to(acc) @ xc64.to(acc)) - wsum[:, None].to(acc) * yc64.to(acc)
         if gemm_terms is not None:
             z_gemm = z_gemm * scale + (w * gemm_terms).sum(1)
+        v = v * scale[:, None].to(acc)
+        q = q * scale
+        if pairs is not None and pairs[0].numel():
+            # Exactly recomputed terms go into v and q in difference form, w (x - y), like the
+            # CPU engine: no cancellation between sum w (x - c) and z (y - c) at small sigma.
+            pq, pj = pairs
+            w_pairs = w[pq, pj]
+            q.index_add_(0, pq, 2.0 * w_pairs * hs[pq, pj])
+            w = w.index_put((pq, pj), torch.zeros_like(w_pairs))
+            for p0 in range(0, int(pq.numel()), pair_batch):
+                sl = slice(p0, p0 + pair_batch)
+                diff = xb[pj[sl]].to(f64) - y64[pq[sl]]
+                v.index_add_(0, pq[sl], (w_pairs[sl, None] * diff).to(acc))
+        # The other terms through float64 sums about the centre: sum w (x - c) and
+        # sum w ||x - y||^2 = sum w 2 hx - 2 <sum w (x - c), y - c> + (sum w) 2 hy, so that q is
+        # not limited by the input-precision GEMM (tr Cov = q/z - |v/z|^2 cancels at large sigma).
+        w_sum = w.sum(1)
+        wx = w.to(acc) @ xc64.to(acc)
+        v += wx - w_sum[:, None].to(acc) * yc64.to(acc)
+        q += 2.0 * (w @ data.half_sqnorm[n0:n1]) - 2.0 * (wx.to(f64) * yc64).sum(1) + 2.0 * w_sum * hy
         m = m_new
     redo = torch.nonzero(mixed & (z_gemm * est > fast_tol * z)).flatten()
     return {"m": m, "z": z, "v": v.to(f64), "q": q, "z2": z2, "top1": top1, "n_exact": n_exact, "redo": redo}
