@@ -14,9 +14,8 @@ import nnscore as ns  # noqa: E402
 from nnscore import backends as nb  # noqa: E402
 from nnscore.backends import torch_backend as tb  # noqa: E402
 
-from conftest import data_radius, nn_spacing, ref_f64  # noqa: E402
-from device_checks import check_accuracy_matrix, make_train, to_numpy_result  # noqa: E402
-from test_empirical import assert_matches_oracle  # noqa: E402
+from conftest import data_radius, ref_f64  # noqa: E402
+from device_checks import check_accuracy_matrix, make_train  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 
