@@ -47,7 +47,7 @@ def split_plan(n_queries: int, n_points: int, dim: int, acc_bytes: int, device) 
     sms = cu.multiprocessor_count(device.index if device.index is not None else _torch().cuda.current_device())
     want = max(1, -(-2 * sms // query_blocks))
     cap = max(1, WORKSPACE_BYTES // max(1, n_queries * (dim * acc_bytes + 64)))
-    n_splits = max(1, min(want, cap, n_tiles))
+    n_splits = max(1, min(want, cap, n_tiles, 65535))  # gridDim.y limit
     rows = -(-n_tiles // n_splits) * tile
     return -(-n_points // rows), rows
 
