@@ -202,3 +202,16 @@ def test_bad_training_and_options():
         model.evaluate(torch.zeros(1, 2), 1.0, tf32=True)
     with pytest.raises(TypeError, match=r"^evaluate: "):
         ns.EmpiricalScore(np.zeros((3, 2)), backend="cpp").evaluate(np.zeros((1, 2)), 1.0, accumulate="fp64")
+
+
+@pytest.mark.parametrize("sigma", [0.05, 5.0], ids=["knn", "dense-fallback"])
+def test_knn_score_runs_its_kernels_through_torch(sigma):
+    """Host models built on EmpiricalScore keep their NumPy logic; only the kernels change."""
+    rng = np.random.default_rng(5)
+    train = make_train(rng, 2000, 8, np.float32)
+    x = train[:6] + 0.01
+    a = ns.KNNScore(train, backend="torch", tol=1e-4).evaluate(x, sigma)
+    b = ns.KNNScore(train, backend="cpp", tol=1e-4).evaluate(x, sigma)
+    assert isinstance(a.denoised, np.ndarray) and a.backend == "torch"
+    np.testing.assert_array_equal(a.path, b.path)
+    np.testing.assert_allclose(a.denoised, b.denoised, rtol=0, atol=1e-5 * data_radius(train))

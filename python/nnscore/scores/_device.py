@@ -1,7 +1,8 @@
 """Tensor inputs and outputs for the device backends (``torch``, ``cuda``) of EmpiricalScore.
 
-Policy: the training set stays a tensor on its device (NumPy training data goes to the CPU for
-``torch`` and to the current CUDA device for ``cuda``).  ``evaluate`` with a tensor query returns
+Policy: a training tensor stays a tensor on its device; host training arrays keep the host
+TrainingData of the NumPy path and are copied once, on first use, to the CPU (``torch``) or the
+current CUDA device (``cuda``).  ``evaluate`` with a tensor query returns
 a :class:`ScoreResult` whose fields are tensors on the query's device: ``denoised`` and ``score``
 in the query dtype, the per-query statistics (``log_density``, ``divergence``, ``n_eff``,
 ``sigma``, ...) float64 and ``top1`` int64.  CuPy queries get CuPy arrays back (through DLPack).
@@ -15,7 +16,7 @@ import numpy as np
 
 from .._validation import as_float_array, check_finite
 from ..backends import torch_backend as tb
-from ..backends.device import default_device, partials_dense_device
+from ..backends.device import as_device_data, default_device, partials_dense_device
 from ..backends.torch_backend import TorchPartial, TorchTrainingData
 from .base import schedule_coefficients
 from .result import ScoreResult
@@ -108,7 +109,7 @@ def evaluate_device(model, x, t, **options) -> ScoreResult:
     ``options`` go to the kernel (``accumulate``, ``tf32``, ``working_memory``, ``diagnostics``).
     """
     torch = tb._torch()
-    data: TorchTrainingData = model.data
+    data: TorchTrainingData = as_device_data(model.data, model.backend)
     cupy_in = hasattr(x, "__cuda_array_interface__") and not torch.is_tensor(x)
     xt = _as_tensor(x, "x")
     if xt.device != data.device:

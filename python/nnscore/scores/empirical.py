@@ -62,13 +62,17 @@ class EmpiricalScore(ScoreModel):
         self.backend = _backends.resolve(backend, like=train)
         effective_n_threads(n_threads)  # validates
         self.n_threads = n_threads
-        if self.backend in _backends.DEVICE_BACKENDS:
+        from ._device import is_tensor_input  # imports no torch
+
+        if self.backend in _backends.DEVICE_BACKENDS and is_tensor_input(train):
             from ._device import prepare_device_training_data
 
+            # A tensor stays a tensor on its device (TorchTrainingData); host arrays keep the host
+            # TrainingData, copied to the device once on first use (backends.device.as_device_data).
             self.data, self.shape = prepare_device_training_data(train, weights, self.backend)
         else:
             self.data, self.shape = prepare_training_data(train, weights)
-        self.dtype = np.dtype(self.data.dtype if self.backend in _backends.DEVICE_BACKENDS else self.data.points.dtype)
+        self.dtype = np.dtype(self.data.dtype if hasattr(self.data, "device") else self.data.points.dtype)
 
     def evaluate(self, x, t, **device_options):
         """See :meth:`ScoreModel.evaluate`.  Device backends with a tensor ``x``: tensors out.
