@@ -57,3 +57,29 @@ def test_api_header_and_kernels_include_no_python():
         assert not any("pybind11" in line or "Python.h" in line for line in includes), path
         if path.name == "api.hpp":
             assert not any("cuda" in line for line in includes), "api.hpp must compile without the CUDA toolkit"
+
+
+def test_built_module_accepts_the_adapters_arguments(monkeypatch):
+    """With ``_cuda`` built but no GPU: the adapter's calls reach the kernels' launch (a CUDA
+    error, not a TypeError), so the Python argument lists match the pybind11 signatures."""
+    cuda_mod = pytest.importorskip("nnscore._cuda")
+    torch = pytest.importorskip("torch")
+    if cuda_mod.device_count() > 0:
+        pytest.skip("a GPU is present: tests/test_cuda.py runs the kernels")
+    import numpy as np
+
+    from nnscore import backends as nb
+    from nnscore.backends import cuda_backend
+    from nnscore.backends.torch_backend import TorchTrainingData
+
+    monkeypatch.setattr(cuda_backend, "current_stream_handle", lambda device: 0)
+    monkeypatch.setattr(cuda_backend, "split_plan", lambda *a: (2, cuda_mod.dense_tile_rows()))
+    data = TorchTrainingData.prepare(torch.randn(100, 5), torch.rand(100))
+    with pytest.raises(RuntimeError, match="CUDA"):
+        cuda_backend.partials_dense_cuda(torch.randn(3, 5), torch.ones(3, dtype=torch.float64), data,
+                                         fast_tol=5e-6, log_cut=30.0)
+    seg = nb.Segments.from_ids(np.zeros((3, 2), dtype=np.int64))
+    with pytest.raises(RuntimeError, match="CUDA"):
+        cuda_backend.partials_segments_cuda(torch.randn(3, 5), torch.ones(3, dtype=torch.float64), data.points, None,
+                                            *(torch.from_numpy(a) for a in (seg.offsets, seg.start, seg.length)))
+    assert cuda_mod.dense_tile_rows() == 64 and cuda_mod.runtime_version()

@@ -38,6 +38,11 @@ def _check(name: str, t, dtype, device, shape=None):
         raise ValueError(f"{name}: must be contiguous")
 
 
+def current_stream_handle(device) -> int:
+    """The caller's current stream on ``device`` as a cudaStream_t handle (an int)."""
+    return _torch().cuda.current_stream(device).cuda_stream
+
+
 def split_plan(n_queries: int, n_points: int, dim: int, acc_bytes: int, device) -> tuple[int, int]:
     """(n_splits, rows_per_split): about two blocks per SM, within :data:`WORKSPACE_BYTES`."""
     cu = _module()
@@ -78,7 +83,7 @@ def partials_dense_cuda(y, sigma, data: TorchTrainingData, *, fast_tol: float, l
     out = {k: torch.empty(n_q, dtype=f64, device=dev) for k in ("m", "z", "q", "z2")}
     out.update(v=torch.empty((n_q, dim), dtype=f64, device=dev), top1=torch.empty(n_q, dtype=i64, device=dev),
                n_exact=torch.empty(n_q, dtype=i64, device=dev), redo=torch.empty(n_q, dtype=torch.int32, device=dev))
-    stream = torch.cuda.current_stream(dev).cuda_stream
+    stream = current_stream_handle(dev)
     _module().dense_partials(
         "float32" if data.points.dtype == torch.float32 else "float64",
         y.data_ptr(), data.points.data_ptr(), data.center.data_ptr(), data.half_sqnorm.data_ptr(),
@@ -118,7 +123,7 @@ def partials_segments_cuda(y, sigma, points, log_w, offsets, seg_start, seg_len)
             "float32" if points.dtype == torch.float32 else "float64", y.data_ptr(), points.data_ptr(),
             0 if log_w is None else log_w.data_ptr(), sigma.data_ptr(), offsets.data_ptr(), seg_start.data_ptr(),
             seg_len.data_ptr(), n_q, int(points.shape[0]), dim,
-            *(out[k].data_ptr() for k in ("m", "z", "v", "q", "z2", "top1")), torch.cuda.current_stream(dev).cuda_stream,
+            *(out[k].data_ptr() for k in ("m", "z", "v", "q", "z2", "top1")), current_stream_handle(dev),
         )  # fmt: skip
     return TorchPartial(out["m"], out["z"], out["v"], out["q"], out["z2"], out["top1"])
 
