@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
 
 import nnscore as ns  # noqa: E402
 from nnscore import backends as nb  # noqa: E402
