@@ -44,7 +44,7 @@ def test_module_info_json():
     info = json.loads(proc.stdout)
     assert {"core", "backends", "nnscore"} <= set(info)
     assert info["nnscore"] == ns.__version__ or not ns.HAS_CORE
-    assert set(info["backends"]) == {"cpp", "numba", "reference"}
+    assert set(info["backends"]) == {"cpp", "numba", "cuda", "torch", "reference"}
     for name in ns.available_backends():
         assert info["backends"][name] == "available"
     core = info["core"]

@@ -47,6 +47,22 @@ def _case(rng, n, d, m, dtype, duplicates=True, weighted=False):
 # fast-path queries, whose logits are accurate in float32, in GEMM form: errors ~ u R^2 per term).
 TOL_R3 = {np.float32: 2e-6, np.float64: 1e-11}
 
+HOST_BACKENDS = [b for b in ns.available_backends() if b in ("cpp", "numba", "reference")]
+
+
+@pytest.fixture(params=HOST_BACKENDS)
+def backend(request) -> str:
+    """The host backends (the third-moment pass is not implemented on the device backends)."""
+    return request.param
+
+
+def test_third_moment_refuses_device_backends():
+    if "torch" not in ns.available_backends():
+        pytest.skip("torch is not installed")
+    model = ns.EmpiricalScore(np.random.default_rng(0).normal(size=(10, 3)), backend="torch")
+    with pytest.raises(ValueError, match="backend: third_moment"):
+        model.third_moment(np.zeros((2, 3)), 0.5)
+
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("n", "d"), [(1, 3), (2, 1), (60, 1), (300, 17), (2000, 64), (1500, 300)])

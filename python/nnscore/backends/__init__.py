@@ -1,7 +1,9 @@
 """Backend registry: one adapter per kernel family, chosen once per model.
 
-``"auto"`` (or ``NNSCORE_BACKEND``) tries cpp -> numba for host arrays; ``reference`` is the
-float64 oracle and is never chosen automatically.  An explicitly requested backend that cannot
+``"auto"`` (or ``NNSCORE_BACKEND``) tries cpp -> numba for host arrays and cuda -> torch for CUDA
+tensors (``resolve(backend, like=...)``); ``reference`` is the float64 oracle and is never chosen
+automatically.  The device backends (``torch``, ``cuda``; :data:`DEVICE_BACKENDS`) import torch
+lazily, on first use.  An explicitly requested backend that cannot
 run raises :class:`~nnscore.exceptions.BackendUnavailableError` with the reason.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from ..exceptions import BackendUnavailableError
 from ..partials import Partial, empty_partial
-from . import numba_kernels
+from . import numba_kernels, torch_backend
 from .reference import partials_dense_reference, partials_segments_reference, third_moments_reference
 
 try:  # the compiled core is optional at import: a failed build still imports (Numba fallback)
@@ -42,8 +44,12 @@ __all__ = [
     "simd_level",
 ]
 
-BACKENDS = ("cpp", "numba", "reference")
+BACKENDS = ("cpp", "numba", "cuda", "torch", "reference")
 AUTO_ORDER = ("cpp", "numba")
+#: Backends that keep the training set as a tensor on a torch device (see scores/_device.py).
+DEVICE_BACKENDS = ("cuda", "torch")
+#: ``backend="auto"`` for CUDA tensor inputs (torch or CuPy).
+DEVICE_AUTO_ORDER = ("cuda", "torch")
 SIMD_LEVELS = ("generic", "avx2", "avx512")
 
 #: Target logit error of GEMM-form terms (see csrc/include/nnscore/dense.hpp).  Logit errors
@@ -110,8 +116,40 @@ def backend_status() -> dict[str, tuple[bool, str]]:
     status = {"cpp": (HAS_CORE, "" if HAS_CORE else f"the compiled core failed to import ({CORE_IMPORT_ERROR}); "
                       "reinstall with a C++17 compiler: pip install --force-reinstall --no-deps .")}
     status["numba"] = numba_kernels.is_available()
+    status["cuda"] = cuda_status()
+    status["torch"] = torch_backend.is_available()
     status["reference"] = (True, "")
     return status
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_status() -> tuple[bool, str]:
+    """(available, reason) of the ``cuda`` backend: ``_cuda`` imports and sees a device.
+
+    Never raises and never warns: a machine without a GPU or driver simply reports why.
+    """
+    try:
+        from .. import _cuda  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return False, (f"the CUDA module is not built ({type(exc).__name__}: {exc}); build with "
+                       "NNSCORE_CUDA=ON and a CUDA toolkit (see docs/cuda.md)")
+    try:
+        count = int(_cuda.device_count())
+    except Exception as exc:  # noqa: BLE001 - a broken driver is reported, not raised
+        return False, f"the CUDA runtime failed: {exc}"
+    if count == 0:
+        return False, "no CUDA device is visible (driver missing or no GPU)"
+    if not torch_backend.is_available()[0]:
+        return False, "the cuda backend allocates its outputs with torch, which is not installed"
+    return True, ""
+
+
+def is_cuda_array(a) -> bool:
+    """True for torch CUDA tensors and ``__cuda_array_interface__`` arrays (CuPy, Numba)."""
+    if hasattr(a, "__cuda_array_interface__"):
+        return True
+    device = getattr(a, "device", None)
+    return getattr(device, "type", None) == "cuda" and hasattr(a, "data_ptr")
 
 
 def available_backends() -> list[str]:
@@ -119,19 +157,23 @@ def available_backends() -> list[str]:
     return [name for name, (ok, _) in backend_status().items() if ok]
 
 
-def resolve(backend: str = "auto") -> str:
-    """The backend name to use for ``backend`` ("auto", or one of :data:`BACKENDS`)."""
+def resolve(backend: str = "auto", like=None) -> str:
+    """The backend name to use for ``backend`` ("auto", or one of :data:`BACKENDS`).
+
+    ``like``: the training array; with "auto", a CUDA tensor selects cuda, then torch.
+    """
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
     if backend == "auto":
         backend = os.environ.get("NNSCORE_BACKEND", "auto")
     if backend == "auto":
         status = backend_status()
-        for name in AUTO_ORDER:
+        order = DEVICE_AUTO_ORDER if like is not None and is_cuda_array(like) else AUTO_ORDER
+        for name in order:
             if status[name][0]:
                 return name
         raise BackendUnavailableError(
-            "no fast backend is available: " + "; ".join(f"{n}: {status[n][1]}" for n in AUTO_ORDER)
+            "no fast backend is available: " + "; ".join(f"{n}: {status[n][1]}" for n in order)
         )
     if backend not in BACKENDS:
         raise ValueError(f"backend: unknown backend {backend!r}; expected 'auto' or one of {list(BACKENDS)}")
@@ -196,6 +238,13 @@ def partials_dense(
         if diagnostics is not None:
             diagnostics["n_exact"] = n_exact
         return Partial(m=m + data.log_w_shift, z=z, v=v, q=q, z2=z2, top1=top1, log_mass=data.log_mass)
+    if backend in DEVICE_BACKENDS:  # host arrays through a device backend: numpy in, numpy out
+        from . import device
+
+        tdata = device.as_device_data(data, backend)
+        p = device.partials_dense_device(backend, device.to_device(y, tdata), device.to_device(sigma, tdata),
+                                         tdata, fast_tol=fast_tol, diagnostics=diagnostics)
+        return p.to_numpy()
     if backend == "numba":
         p = numba_kernels.partials_dense_numba(y, data.points, sigma, data.log_w, n_threads=n_threads)
     elif backend == "reference":
@@ -270,6 +319,10 @@ def partials_segments(
             n_threads, simd_level() if level is None else level,
         )  # fmt: skip
         p = Partial(m=m, z=z, v=v, q=q, z2=z2, top1=top1)
+    elif backend in DEVICE_BACKENDS:
+        from . import device
+
+        p = device.partials_segments_device(backend, y, sigma, points, log_w, segments)
     elif backend == "numba":
         p = numba_kernels.partials_segments_numba(y, points, sigma, log_w, segments.offsets, segments.start,
                                                   segments.length, n_threads=n_threads)
@@ -296,8 +349,10 @@ def third_moments(
     Returns ``t`` (M, D) = sum_i lambda_i g_i (x_i - c) and ``G`` (M,) = sum_i lambda_i g_i,
     float64, with g_i = ||x_i - c||^2, c = ``center`` (M, D) float64 (e.g. the denoiser) and
     lambda_i the posterior weights of ``y`` at ``sigma``; ``p`` is the first pass over the same
-    queries (:func:`partials_dense`): its max logit and normaliser make the weights.  Every term
-    is taken in float64 difference form; terms the first pass skipped are skipped.
+    queries (:func:`partials_dense`): its max logit and normaliser make the weights.  The cpp
+    kernel takes the dense engine's two paths (GEMM-form terms where the logits are accurate
+    enough, float64 difference form otherwise); numba and reference are float64 throughout.
+    Host backends only (cpp, numba, reference).
     """
     n_q, dim = y.shape[0], data.dim
     center = np.ascontiguousarray(center, dtype=np.float64)

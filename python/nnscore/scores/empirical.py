@@ -50,17 +50,46 @@ class EmpiricalScore(ScoreModel):
         when its rows are contiguous).  Integers become float64.
     weights : (N,) non-negative, optional; pi_i proportional to weights (default uniform).
     schedule : str or Schedule, default "ve" (t is sigma).
-    backend : "auto" | "cpp" | "numba" | "reference".
+    backend : "auto" | "cpp" | "numba" | "cuda" | "torch" | "reference".  "auto" picks cuda, then
+        torch, for a CUDA tensor ``train``, and cpp, then numba, otherwise.  With "cuda" or "torch"
+        the training set stays a tensor on its device, and ``evaluate`` with a tensor (or CuPy)
+        query returns tensors on that device (see ``docs/cuda.md``); NumPy queries still get
+        NumPy results.
     n_threads : int, optional; default: NNSCORE_NUM_THREADS or the CPUs available.
     """
 
     def __init__(self, train, weights=None, schedule="ve", backend="auto", n_threads=None):
         self.schedule = _schedules.get_schedule(schedule)
-        self.backend = _backends.resolve(backend)
+        self.backend = _backends.resolve(backend, like=train)
         effective_n_threads(n_threads)  # validates
         self.n_threads = n_threads
-        self.data, self.shape = prepare_training_data(train, weights)
-        self.dtype = self.data.points.dtype
+        from ._device import is_tensor_input  # imports no torch
+
+        if self.backend in _backends.DEVICE_BACKENDS and is_tensor_input(train):
+            from ._device import prepare_device_training_data
+
+            # A tensor stays a tensor on its device (TorchTrainingData); host arrays keep the host
+            # TrainingData, copied to the device once on first use (backends.device.as_device_data).
+            self.data, self.shape = prepare_device_training_data(train, weights, self.backend)
+        else:
+            self.data, self.shape = prepare_training_data(train, weights)
+        self.dtype = np.dtype(self.data.dtype if hasattr(self.data, "device") else self.data.points.dtype)
+
+    def evaluate(self, x, t, **device_options):
+        """See :meth:`ScoreModel.evaluate`.  Device backends with a tensor ``x``: tensors out.
+
+        ``device_options`` (device backends only): ``accumulate`` ("fp64" | "fp32"), ``tf32``
+        (cuda: TF32 tensor-core distances, looser accuracy), ``working_memory`` (bytes per tile),
+        ``diagnostics`` (a dict receiving ``n_exact``).
+        """
+        if self.backend in _backends.DEVICE_BACKENDS:
+            from ._device import evaluate_device, is_tensor_input
+
+            if is_tensor_input(x):
+                return evaluate_device(self, x, t, **device_options)
+        if device_options:
+            raise TypeError(f"evaluate: options {sorted(device_options)} need a device backend and a tensor x")
+        return super().evaluate(x, t)
 
     @property
     def train(self) -> np.ndarray:
@@ -86,6 +115,11 @@ class EmpiricalScore(ScoreModel):
         one more evaluation); the cpp backend forms the terms as the first pass does (GEMM form
         where the logits are accurate enough, float64 difference form otherwise).
         """
+        if self.backend in _backends.DEVICE_BACKENDS:
+            raise ValueError(
+                f"backend: third_moment (the taylor2 second pass) runs on the host backends cpp, numba and "
+                f"reference, not {self.backend!r}"
+            )
         x_rows, out_dtype = self._check_queries(x)
         alpha, s = schedule_coefficients(self.schedule, t, x_rows.shape[0])
         y = self._to_ve(x_rows, alpha)
