@@ -22,6 +22,7 @@ reassociation of the reductions and break the ``-inf`` handling.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 
@@ -327,6 +328,22 @@ def partials_dense_numba(y, train, sigma, log_weights=None, n_threads=None) -> P
     return Partial(m=m, z=z, v=v, q=q, z2=z2, top1=top)
 
 
+@contextlib.contextmanager
+def _numba_threads(n_threads):
+    """numba's thread count set to ``n_threads`` (capped; None: unchanged) for one call, then restored."""
+    import numba
+
+    prev = numba.get_num_threads()
+    n_use = prev if n_threads is None else min(int(n_threads), numba.config.NUMBA_NUM_THREADS)
+    if n_use != prev:
+        numba.set_num_threads(n_use)
+    try:
+        yield
+    finally:
+        if n_use != prev:
+            numba.set_num_threads(prev)
+
+
 def partials_segments_numba(y, points, sigma, log_weights, offsets, seg_start, seg_len, n_threads=None) -> Partial:
     """Exact partials of query i over the rows of its segments (see ``backends.Segments``).
 
@@ -340,17 +357,8 @@ def partials_segments_numba(y, points, sigma, log_weights, offsets, seg_start, s
     if n_q == 0:
         return Partial(m=m, z=z, v=v, q=q, z2=z2, top1=top)
     kernels = _get_kernels()
-    import numba
-
-    prev = numba.get_num_threads()
-    n_use = prev if n_threads is None else min(int(n_threads), numba.config.NUMBA_NUM_THREADS)
-    if n_use != prev:
-        numba.set_num_threads(n_use)
-    try:
+    with _numba_threads(n_threads):
         kernels["by_segments"](y, x, lw, has_lw, sigma, offsets, seg_start, seg_len, m, z, v, q, z2, top)
-    finally:
-        if n_use != prev:
-            numba.set_num_threads(prev)
     return Partial(m=m, z=z, v=v, q=q, z2=z2, top1=top)
 
 
@@ -362,17 +370,8 @@ def third_moments_numba(y, points, sigma, log_weights, max_logit, log_norm, cent
     if n_q == 0:
         return t, g
     kernels = _get_kernels()
-    import numba
-
-    prev = numba.get_num_threads()
-    n_use = prev if n_threads is None else min(int(n_threads), numba.config.NUMBA_NUM_THREADS)
-    if n_use != prev:
-        numba.set_num_threads(n_use)
-    try:
+    with _numba_threads(n_threads):
         kernels["third_moments"](y, x, lw, has_lw, sigma, np.ascontiguousarray(max_logit, dtype=np.float64),
                                  np.ascontiguousarray(log_norm, dtype=np.float64),
                                  np.ascontiguousarray(center, dtype=np.float64), float(log_cut), t, g)
-    finally:
-        if n_use != prev:
-            numba.set_num_threads(prev)
     return t, g
