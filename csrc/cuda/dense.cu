@@ -349,12 +349,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(std::int64_t M, std::
     out.v[i * d + k] = a;
   }
   if (lane == 0) {
-    out.m[i] = m;
-    out.z[i] = z;
-    out.q[i] = q;
-    out.z2[i] = z2;
-    out.top1[i] = top1;
-    if (out.n_exact) out.n_exact[i] = nex;
+    store_partial(out, i, m, z, q, z2, top1, nex);
     if (out.redo) out.redo[i] = (W.mode[i] == kMixed && z > 0 && zg * W.est[i] > fast_tol * z) ? 1 : 0;
   }
 }

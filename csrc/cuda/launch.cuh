@@ -4,8 +4,11 @@
 #include <math_constants.h>
 
 #include <cmath>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
+
+#include "api.hpp"
 
 #define NNSCORE_CUDA_CHECK(expr)                                                                   \
   do {                                                                                             \
@@ -22,6 +25,17 @@ constexpr unsigned kFullMask = 0xffffffffu;
 
 /// -inf in device code (std::numeric_limits is host-only without --expt-relaxed-constexpr).
 __device__ __forceinline__ double neg_inf() { return -CUDART_INF; }
+
+/// One query's finished partial into the outputs (called by one lane).
+__device__ __forceinline__ void store_partial(const DenseOutputs& out, std::int64_t i, double m, double z, double q,
+                                              double z2, std::int64_t top1, std::int64_t n_exact) {
+  out.m[i] = m;
+  out.z[i] = z;
+  out.q[i] = q;
+  out.z2[i] = z2;
+  out.top1[i] = top1;
+  if (out.n_exact) out.n_exact[i] = n_exact;
+}
 
 __device__ __forceinline__ double warp_sum(double v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);

@@ -62,14 +62,7 @@ __global__ void __launch_bounds__(kThreads) segment_kernel(const T* __restrict__
       }
     }
   }
-  if (lane == 0) {
-    out.m[i] = m;
-    out.z[i] = z;
-    out.q[i] = q;
-    out.z2[i] = z2;
-    out.top1[i] = top1;
-    if (out.n_exact) out.n_exact[i] = 0;
-  }
+  if (lane == 0) store_partial(out, i, m, z, q, z2, top1, 0);
 }
 
 }  // namespace
