@@ -8,6 +8,7 @@
 #include <vector>
 #include <string>
 
+#include "nnscore/cells.hpp"
 #include "nnscore/dense.hpp"
 #include "nnscore/segments.hpp"
 #include "nnscore/ivf_bounds.hpp"
@@ -53,7 +54,7 @@ const double* checked_vec(const py::array_t<double>& a, const char* name, index_
 
 template <class T>
 DenseProblem<T> dense_problem(const py::array_t<T>& y, const py::array_t<T>& x, const py::array_t<double>& x_half_sqnorm,
-                              const std::optional<py::array_t<double>>& log_w, const py::array_t<T>& center,
+                              const std::optional<py::array_t<double>>& log_w, const py::array_t<T>* center,
                               const py::array_t<double>& sigma, double x_radius, double fast_tol, double log_cut) {
   NNSCORE_CHECK(y.ndim() == 2 && x.ndim() == 2, "y and x must be 2-d");
   const index_t M = y.shape(0), N = x.shape(0), d = x.shape(1);
@@ -68,9 +69,11 @@ DenseProblem<T> dense_problem(const py::array_t<T>& y, const py::array_t<T>& x, 
   P.x_half_sqnorm = checked_vec<T>(x_half_sqnorm, "x_half_sqnorm", N);
   P.log_w = log_w ? checked_vec<T>(*log_w, "log_w", N) : nullptr;
   P.sigma = checked_vec<T>(sigma, "sigma", M);
-  NNSCORE_CHECK(center.ndim() == 1 && center.shape(0) == d && (center.flags() & py::array::c_style),
-                "center: expected a contiguous array of shape (" << d << ",)");
-  P.center = center.data();
+  if (center) {  // null: the caller sets it (per cell)
+    NNSCORE_CHECK(center->ndim() == 1 && center->shape(0) == d && (center->flags() & py::array::c_style),
+                  "center: expected a contiguous array of shape (" << d << ",)");
+    P.center = center->data();
+  }
   P.x_radius = x_radius;
   P.fast_tol = fast_tol;
   P.log_cut = log_cut;
@@ -83,7 +86,7 @@ void bind_dense(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_s
                 py::array_t<double> z, py::array_t<double> v, py::array_t<double> q, py::array_t<double> z2,
                 py::array_t<std::int64_t> top1, py::array_t<std::int64_t> n_exact, double x_radius, double fast_tol,
                 double log_cut, int n_threads, int simd_level) {
-  const DenseProblem<T> P = dense_problem(y, x, x_half_sqnorm, log_w, center, sigma, x_radius, fast_tol, log_cut);
+  const DenseProblem<T> P = dense_problem(y, x, x_half_sqnorm, log_w, &center, sigma, x_radius, fast_tol, log_cut);
   const index_t M = P.M, d = P.d;
   DenseOutput out{checked_out(m, "m", M), checked_out(z, "z", M),   checked_out(v, "v", M, d),
                   checked_out(q, "q", M), checked_out(z2, "z2", M), checked_out(top1, "top1", M),
@@ -99,7 +102,7 @@ void bind_third_moments(py::array_t<T> y, py::array_t<T> x, py::array_t<double> 
                         py::array_t<double> known_max, py::array_t<double> moment_center, py::array_t<double> t,
                         py::array_t<double> g, py::array_t<double> z, double x_radius, double fast_tol,
                         double log_cut, int n_threads, int simd_level) {
-  DenseProblem<T> P = dense_problem(y, x, x_half_sqnorm, log_w, center, sigma, x_radius, fast_tol, log_cut);
+  DenseProblem<T> P = dense_problem(y, x, x_half_sqnorm, log_w, &center, sigma, x_radius, fast_tol, log_cut);
   const index_t M = P.M, d = P.d;
   P.known_max = checked_vec<T>(known_max, "known_max", M);
   NNSCORE_CHECK(moment_center.ndim() == 2 && moment_center.shape(0) == M && moment_center.shape(1) == d &&
@@ -200,6 +203,53 @@ void def_segments(py::module_& m, const char* name) {
         py::arg("simd_level"));
 }
 
+template <class T>
+void bind_cells(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_sqnorm,
+                std::optional<py::array_t<double>> log_w, py::array_t<double> sigma, py::array_t<std::uint8_t> probed,
+                py::array_t<std::int64_t> cell_offsets, py::array_t<T> cell_centers, py::array_t<double> cell_radii,
+                py::array_t<double> m, py::array_t<double> z, py::array_t<double> v, py::array_t<double> q,
+                py::array_t<double> z2, py::array_t<std::int64_t> top1, py::array_t<std::int64_t> n_exact,
+                double fast_tol, double log_cut, int n_threads, int simd_level) {
+  const DenseProblem<T> P = dense_problem<T>(y, x, x_half_sqnorm, log_w, nullptr, sigma, 0.0, fast_tol, log_cut);
+  const index_t M = P.M, d = P.d;
+  NNSCORE_CHECK(probed.ndim() == 2 && probed.shape(0) == M && (probed.flags() & py::array::c_style),
+                "probed: expected a C-contiguous (" << M << ", n_cells) uint8 array");
+  const index_t n_cells = probed.shape(1);
+  NNSCORE_CHECK(n_cells >= 1, "probed: need at least one cell");
+  const std::int64_t* offs = checked_index(cell_offsets, "cell_offsets", n_cells + 1);
+  // The kernel trusts these: check them once here (O(n_cells), GIL held).
+  NNSCORE_CHECK(offs[0] == 0 && offs[n_cells] == P.N, "cell_offsets: must start at 0 and end at len(x)");
+  for (index_t c = 0; c < n_cells; ++c) NNSCORE_CHECK(offs[c] <= offs[c + 1], "cell_offsets: must be non-decreasing");
+  NNSCORE_CHECK(cell_centers.ndim() == 2 && cell_centers.shape(0) == n_cells && cell_centers.shape(1) == d &&
+                    (cell_centers.flags() & py::array::c_style),
+                "cell_centers: expected a C-contiguous (" << n_cells << ", " << d << ") array");
+  const double* radii = checked_vec<T>(cell_radii, "cell_radii", n_cells);
+  DenseOutput out{checked_out(m, "m", M), checked_out(z, "z", M),   checked_out(v, "v", M, d),
+                  checked_out(q, "q", M), checked_out(z2, "z2", M), checked_out(top1, "top1", M),
+                  checked_out(n_exact, "n_exact", M)};
+  NNSCORE_CHECK(simd_level >= 0 && simd_level <= 2, "simd_level: expected 0, 1 or 2");
+  py::gil_scoped_release release;
+  partials_cells<T>(P, probed.data(), n_cells, offs, cell_centers.data(), radii, out, n_threads,
+                    static_cast<SimdLevel>(simd_level));
+}
+
+template <class T>
+void def_cells(py::module_& m, const char* name) {
+  m.def(name, &bind_cells<T>,
+        "partials_cells_{f32,f64}(y, x, x_half_sqnorm, log_w, sigma, probed, cell_offsets, cell_centers,\n"
+        "    cell_radii, m, z, v, q, z2, top1, n_exact, fast_tol, log_cut, n_threads, simd_level)\n\n"
+        "Partials of query i over the rows of the cells c with probed[i, c] != 0 of a cell-sorted x\n"
+        "(cell c: rows [cell_offsets[c], cell_offsets[c+1]), products about cell_centers[c], radius\n"
+        "cell_radii[c]; x_half_sqnorm about each row's cell centre), through the dense tile kernel one\n"
+        "cell at a time; fast_tol=0 keeps every term within log_cut exact (float64). top1 indexes x.",
+        py::arg("y").noconvert(), py::arg("x").noconvert(), py::arg("x_half_sqnorm").noconvert(),
+        py::arg("log_w").noconvert(), py::arg("sigma").noconvert(), py::arg("probed").noconvert(),
+        py::arg("cell_offsets").noconvert(), py::arg("cell_centers").noconvert(), py::arg("cell_radii").noconvert(),
+        py::arg("m").noconvert(), py::arg("z").noconvert(), py::arg("v").noconvert(), py::arg("q").noconvert(),
+        py::arg("z2").noconvert(), py::arg("top1").noconvert(), py::arg("n_exact").noconvert(), py::arg("fast_tol"),
+        py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"));
+}
+
 void bind_ivf_bounds(py::array_t<double> G, py::array_t<double> qn, py::array_t<double> cn, py::array_t<double> radii,
                      py::array_t<double> slack, std::optional<py::array_t<float>> inv_gap, int n_refs, double g,
                      double deflate, py::array_t<double> out, int n_threads) {
@@ -272,6 +322,8 @@ void register_kernels(py::module_& m) {
   def_dense<double>(m, "partials_dense_f64");
   def_segments<float>(m, "partials_segments_f32");
   def_segments<double>(m, "partials_segments_f64");
+  def_cells<float>(m, "partials_cells_f32");
+  def_cells<double>(m, "partials_cells_f64");
   def_third_moments<float>(m, "third_moments_dense_f32");
   def_third_moments<double>(m, "third_moments_dense_f64");
   m.def("ivf_cell_bounds", &bind_ivf_bounds,

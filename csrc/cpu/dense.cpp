@@ -9,13 +9,8 @@
 #include "nnscore/thread_pool.hpp"
 
 namespace nnscore {
-namespace {
-
-template <class T>
-DenseBlockFn<T> pick(SimdLevel level);
-
 template <>
-DenseBlockFn<float> pick<float>(SimdLevel level) {
+DenseBlockFn<float> dense_block_fn<float>(SimdLevel level) {
   switch (level) {
 #ifdef NNSCORE_HAVE_AVX512
     case SimdLevel::avx512: return &avx512::dense_block_f32;
@@ -27,7 +22,7 @@ DenseBlockFn<float> pick<float>(SimdLevel level) {
   }
 }
 template <>
-DenseBlockFn<double> pick<double>(SimdLevel level) {
+DenseBlockFn<double> dense_block_fn<double>(SimdLevel level) {
   switch (level) {
 #ifdef NNSCORE_HAVE_AVX512
     case SimdLevel::avx512: return &avx512::dense_block_f64;
@@ -38,6 +33,8 @@ DenseBlockFn<double> pick<double>(SimdLevel level) {
     default: return &generic::dense_block_f64;
   }
 }
+
+namespace {
 
 DenseOutput shifted(const DenseOutput& o, index_t q0, index_t d) {
   return DenseOutput{o.m + q0, o.z + q0, o.v + q0 * d, o.q + q0, o.z2 + q0, o.top1 + q0,
@@ -53,7 +50,7 @@ void partials_dense(const DenseProblem<T>& P, const DenseOutput& out, int n_thre
   NNSCORE_CHECK(simd_level_compiled(level), "partials_dense: SIMD level " << simd_level_name(level)
                                                                            << " is not compiled in");
   if (P.M == 0) return;
-  const DenseBlockFn<T> fn = pick<T>(level);
+  const DenseBlockFn<T> fn = dense_block_fn<T>(level);
   if (n_threads < 1) n_threads = 1;
   // Query blocks amortise the packing of each training tile: as large as possible while every
   // thread still gets two blocks.

@@ -41,7 +41,7 @@ struct DenseProblem {
   const double* sigma = nullptr;          ///< (M,) VE noise level per query, > 0
   index_t M = 0, N = 0, d = 0;
   double x_radius = 0.0;  ///< max_i ||x_i - c|| (scales the rounding bounds)
-  double fast_tol = 0.0;  ///< fast path when the logit error estimate is below this
+  double fast_tol = 0.0;  ///< fast path when the logit error estimate is below this (0: never)
   double log_cut = 0.0;   ///< skip terms whose logit is below (running max - log_cut)
   const double* moment_center = nullptr;  ///< (M, d) c per query: third-moment mode, or null
   const double* known_max = nullptr;      ///< (M,) max logit of each query (third-moment mode)
@@ -67,6 +67,10 @@ void partials_dense(const DenseProblem<T>& problem, const DenseOutput& out, int 
 template <class T>
 using DenseBlockFn = void (*)(const DenseProblem<T>&, index_t q0, index_t q1, index_t n0, index_t n1,
                               const DenseOutput& out);
+
+/// The block kernel of `level` (which must be compiled in).
+template <class T>
+DenseBlockFn<T> dense_block_fn(SimdLevel level);
 
 namespace generic {
 void dense_block_f32(const DenseProblem<float>&, index_t, index_t, index_t, index_t, const DenseOutput&);

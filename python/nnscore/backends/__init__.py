@@ -232,7 +232,7 @@ def partials_dense(
         kernel(
             y, data.points, data.half_sqnorm, data.log_w, data.center, sigma,
             m, z, v, q, z2, top1, n_exact,
-            data.radius, min(FAST_TOL[data.points.dtype], fast_tol or np.inf), float(np.log(data.n_points)) + SKIP_MARGIN[data.points.dtype],
+            data.radius, min(FAST_TOL[data.points.dtype], fast_tol or np.inf), skip_log_cut(data.n_points, data.points.dtype),
             n_threads, simd_level() if level is None else level,
         )  # fmt: skip
         if diagnostics is not None:
@@ -315,7 +315,7 @@ def partials_segments(
         kernel = _core.partials_segments_f32 if points.dtype == np.float32 else _core.partials_segments_f64
         kernel(
             y, points, log_w, sigma, segments.offsets, segments.start, segments.length,
-            m, z, v, q, z2, top1, float(np.log(points.shape[0])) + SKIP_MARGIN[points.dtype],
+            m, z, v, q, z2, top1, skip_log_cut(points.shape[0], points.dtype),
             n_threads, simd_level() if level is None else level,
         )  # fmt: skip
         p = Partial(m=m, z=z, v=v, q=q, z2=z2, top1=top1)
@@ -331,6 +331,104 @@ def partials_segments(
     else:
         raise ValueError(f"backend: unknown backend {backend!r}")
     return Partial(m=p.m + log_w_shift, z=p.z, v=p.v, q=p.q, z2=p.z2, top1=p.top1, log_mass=log_mass)
+
+
+def partials_cells(
+    backend: str,
+    y: np.ndarray,
+    sigma: np.ndarray,
+    cells: "CellSortedData",
+    probed: np.ndarray,
+    n_threads: int,
+    *,
+    log_w_shift: float = 0.0,
+    log_mass: float = 0.0,
+    log_cut: float | None = None,
+    level: int | None = None,
+) -> Partial:
+    """Partials of query i over the rows of the cells c with ``probed[i, c]`` of a cell-sorted
+    training set (:class:`CellSortedData`).  Terms below (max - ``log_cut``) may be skipped
+    (default :func:`skip_log_cut`; the other backends keep that default).
+
+    cpp: the dense tile kernel one cell at a time, products about each cell's own centre
+    (nnscore/cells.hpp), on its selection path: every term within ``log_cut`` of the max is
+    computed in float64 difference form, the guarantee of :func:`partials_segments` (which the
+    other backends run on the same rows).  ``top1`` indexes ``cells.points``.
+    """
+    n_q, dim = y.shape[0], cells.points.shape[1]
+    if n_q == 0:
+        return dataclasses.replace(empty_partial(0, dim), log_mass=log_mass)
+    probed = np.ascontiguousarray(probed, dtype=np.uint8)
+    offsets = cells.offsets
+    if backend != "cpp":
+        q_of, c_of = np.nonzero(probed)
+        seg = Segments(np.concatenate([[0], np.cumsum(np.bincount(q_of, minlength=n_q))]).astype(np.int64),
+                       offsets[c_of], offsets[c_of + 1] - offsets[c_of])  # fmt: skip
+        return partials_segments(backend, y, sigma, cells.points, cells.log_w, seg, n_threads,
+                                 log_w_shift=log_w_shift, log_mass=log_mass, level=level)  # fmt: skip
+    m, z, q, z2 = (np.empty(n_q) for _ in range(4))
+    v = np.empty((n_q, dim))
+    top1 = np.empty(n_q, dtype=np.int64)
+    n_exact = np.empty(n_q, dtype=np.int64)
+    points = cells.points
+    kernel = _core.partials_cells_f32 if points.dtype == np.float32 else _core.partials_cells_f64
+    kernel(
+        y, points, cells.half_sqnorm, cells.log_w, sigma, probed, offsets, cells.centers, cells.radii,
+        m, z, v, q, z2, top1, n_exact, 0.0, skip_log_cut(points.shape[0], points.dtype) if log_cut is None else log_cut,
+        n_threads,
+        simd_level() if level is None else level,
+    )  # fmt: skip
+    return Partial(m=m + log_w_shift, z=z, v=v, q=q, z2=z2, top1=top1, log_mass=log_mass)
+
+
+@dataclass(frozen=True, eq=False)
+class CellSortedData:
+    """A training set sorted by cell (an IVF index's lists), for :func:`partials_cells`.
+
+    ``points`` (N, D) and ``log_w`` are in cell order; cell c owns rows ``offsets[c] ..
+    offsets[c+1]-1`` and has centre ``centers[c]`` (its mean rounded to the points' dtype),
+    ``radii[c]`` >= max ||x - centers[c]|| over its rows, and ``half_sqnorm[j]`` =
+    ||x_j - centre of j's cell||^2 / 2 (float64)."""
+
+    points: np.ndarray
+    log_w: np.ndarray | None
+    offsets: np.ndarray
+    centers: np.ndarray
+    radii: np.ndarray
+    half_sqnorm: np.ndarray
+
+    @classmethod
+    def build(cls, points: np.ndarray, log_w: np.ndarray | None, offsets: np.ndarray,
+              chunk_rows: int = 1 << 16) -> "CellSortedData":  # fmt: skip
+        """From cell-sorted ``points`` and ``offsets`` (n_cells + 1,): O(N D) time, O(chunk D) scratch."""
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        n, dim = points.shape
+        sizes = np.diff(offsets)
+        full = np.flatnonzero(sizes > 0)
+        sums = np.zeros((sizes.size, dim))
+        cell_of_row = np.repeat(np.arange(sizes.size), sizes)
+        step = max(1, chunk_rows // max(1, int(sizes.max(initial=1))))  # cells per chunk: <= chunk_rows rows
+        for s in range(0, full.size, step):
+            cs = full[s : s + step]
+            r0, r1 = offsets[cs[0]], offsets[cs[-1] + 1]
+            sums[cs] = np.add.reduceat(points[r0:r1].astype(np.float64), offsets[cs] - r0, axis=0)
+        centers = (sums / np.maximum(sizes, 1)[:, None]).astype(points.dtype)
+        half_sqnorm = np.empty(n)
+        for s in range(0, n, chunk_rows):
+            diff = points[s : s + chunk_rows].astype(np.float64) - centers[cell_of_row[s : s + chunk_rows]]
+            half_sqnorm[s : s + chunk_rows] = 0.5 * np.einsum("ij,ij->i", diff, diff)
+        top = np.zeros(sizes.size)
+        if full.size:
+            top[full] = np.maximum.reduceat(half_sqnorm, offsets[full])
+        # float64 rounding of the squared distances (<= (D + 2) u64 relative) covered with room
+        radii = np.sqrt(2.0 * top) * (1.0 + 1e-12)
+        return cls(points, log_w, offsets, np.ascontiguousarray(centers), radii, half_sqnorm)
+
+
+def skip_log_cut(n_points: int, dtype) -> float:
+    """The exact kernels skip terms whose logit is below (max - this): each carries less than
+    exp(-SKIP_MARGIN) / N of the largest weight."""
+    return float(np.log(n_points)) + SKIP_MARGIN[np.dtype(dtype)]
 
 
 def third_moments(
@@ -361,7 +459,7 @@ def third_moments(
     max_logit = np.ascontiguousarray(p.m - data.log_w_shift, dtype=np.float64)  # the kernels' log_w frame
     with np.errstate(divide="ignore"):
         log_norm = max_logit + np.log(p.z)
-    log_cut = float(np.log(data.n_points)) + SKIP_MARGIN[data.points.dtype]
+    log_cut = skip_log_cut(data.n_points, data.points.dtype)
     if backend == "cpp":
         t, g, z = np.empty((n_q, dim)), np.empty(n_q), np.empty(n_q)
         kernel = _core.third_moments_dense_f32 if data.points.dtype == np.float32 else _core.third_moments_dense_f64

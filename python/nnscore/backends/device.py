@@ -13,7 +13,7 @@ import weakref
 
 import numpy as np
 
-from . import FAST_TOL, SKIP_MARGIN, Segments, TrainingData
+from . import FAST_TOL, Segments, TrainingData, skip_log_cut
 from . import torch_backend as tb
 from .torch_backend import TorchPartial, TorchTrainingData
 
@@ -64,7 +64,7 @@ def to_device(arr: np.ndarray, data: TorchTrainingData):
 
 def _cut_and_tol(data: TorchTrainingData, fast_tol: float | None) -> tuple[float, float]:
     dt = data.dtype
-    return min(FAST_TOL[dt], fast_tol or math.inf), math.log(data.n_points) + SKIP_MARGIN[dt]
+    return min(FAST_TOL[dt], fast_tol or math.inf), skip_log_cut(data.n_points, dt)
 
 
 def partials_dense_device(

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._rng import check_rng
-from .._threads import effective_n_threads
+from .._threads import effective_n_threads, single_threaded_blas
 from .._validation import as_float_array, as_rows, check_finite
 
 __all__ = ["TrainingIndex", "Neighbours", "fp_margin_coefficient"]
@@ -462,7 +462,9 @@ class TrainingIndex:
             q = qc[s:e]
             qn = np.einsum("ij,ij->i", q, q)
             if core is not None and (not use_bisector or nlist <= _GRAM_MAX_NLIST):
-                core.ivf_cell_bounds(np.ascontiguousarray(q @ cent.T), qn, cn, self._radii, self._cell_slack,
+                with single_threaded_blas():
+                    gram = q @ cent.T
+                core.ivf_cell_bounds(gram, qn, cn, self._radii, self._cell_slack,
                                      self._inverse_gap_bounds() if use_bisector else None, _BISECTOR_REFS,
                                      g, deflate, out[s:e], self._n_threads)  # fmt: skip
                 out[s:e, self._empty] = np.inf

@@ -59,6 +59,9 @@ KNN_PATHS = ("knn", "knn-cached", "ivf-certified", "exact", "uncertified")
 #: An IVF query whose certificate needs more rows than this fraction of N (and than 4 mean cells)
 #: goes to the dense engine (the float64 gathered scan costs several times a dense tile per row).
 IVF_SCAN_FRACTION = 1.0 / 8.0
+#: Cells an IVF query scans (smallest lower bounds first) when its first cell missed its near
+#: neighbours (see KNNScore._ivf_select).
+IVF_RETRY_CELLS = 8
 #: A batch with a single noise level tries this many queries first; if most fail the tolerance,
 #: the rest of the batch goes straight to the dense engine (the fallback decides early).
 PILOT_QUERIES = 16
@@ -67,7 +70,7 @@ PILOT_QUERIES = 16
 _DENSE_FLOOR = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-10}
 _B_D, _B_LOGP, _B_TRACE = 0, 1, 2  # rows of the bounds array: ||dD||, |d log p|, |d tr C|
 #: Queries per block of the IVF path (bounds the (block, nlist) bound matrices).
-_IVF_BLOCK = 512
+_IVF_BLOCK = 1024
 _U64 = 2.0**-53
 
 
@@ -248,8 +251,9 @@ class KNNScore(ScoreModel):
         if self.index.kind == "ivf":
             order, offsets = self.index.cell_order, self.index.cell_offsets
             # Cell-sorted copy: each cell is one contiguous segment of the gathered kernel.
-            self._sorted = np.ascontiguousarray(self.data.points[order])
-            self._sorted_log_w = None if log_w is None else np.ascontiguousarray(log_w[order])
+            self._cells = _backends.CellSortedData.build(
+                np.ascontiguousarray(self.data.points[order]),
+                None if log_w is None else np.ascontiguousarray(log_w[order]), offsets)
             sizes = np.diff(offsets)
             if log_w is None:
                 mass = sizes.astype(np.float64)
@@ -395,11 +399,24 @@ class KNNScore(ScoreModel):
         return np.minimum(np.sqrt(np.maximum(trace, 0.0) + 4.0 * rel * second),
                           off_top * 2.0 * self.data.radius * (1.0 + 1e-12))  # fmt: skip
 
-    def _finish_bounds(self, p: Partial, y, st, log_t, log_gsum, n_terms):
+    def _finish_bounds(self, p: Partial, y, st, log_t, log_gsum, n_terms, log_cut=None):
         """Bounds (ii)/(iii) and (i) of a candidate partial ``p`` over ``n_terms`` rows, with log
         tail mass ``log_t`` (log sum over excluded j of pi_j e^{-r_j^2/2s^2}) and ``log_gsum``
-        (log sum pi_j g(r_j)); plus the float64 rounding allowance of :meth:`_rounding`."""
+        (log sum pi_j g(r_j)); plus the float64 rounding allowance of :meth:`_rounding`.
+
+        The exact kernels skip candidate terms below (max - log_cut) (default :func:`backends.skip_log_cut`):
+        at most ``n_terms`` of them, each of weight <= e^(m - log_cut) at a distance <= ||y - c|| + R
+        from the query.  They join the excluded tail."""
         log_s = self._log_s(p)
+        if log_cut is None:
+            log_cut = _backends.skip_log_cut(self.n_train, self.dtype)
+        with np.errstate(divide="ignore"):
+            log_skip = np.log(np.maximum(np.asarray(n_terms, dtype=np.float64), 1.0)) - log_cut \
+                + p.m - self.data.log_w_shift
+            yc = y.astype(np.float64) - self.data.center
+            far = np.log(np.sqrt(np.einsum("ij,ij->i", yc, yc)) + self.data.radius)
+        log_t = np.logaddexp(log_t, log_skip)
+        log_gsum = np.logaddexp(log_gsum, log_skip + far)
         with np.errstate(over="ignore", invalid="ignore"):
             lr = log_t - log_s  # log ratio
             ratio = np.exp(lr)
@@ -569,7 +586,6 @@ class KNNScore(ScoreModel):
         nlist = low2.shape[1]
         probed = np.zeros(low2.shape, dtype=np.uint8)
         nearest = np.argmin(low2, axis=1)
-        order = np.argsort(nearest, kind="stable")  # queries of one cell together: rows stay in cache
         if self.tol is None:
             npr = min(nlist, idx.nprobe)
             first = np.argpartition(low2, npr - 1, axis=1)[:, :npr] if npr < nlist else \
@@ -582,26 +598,14 @@ class KNNScore(ScoreModel):
                     prev = cache.entry(r)
                     if prev is not None and "cells" in prev:
                         probed[i, prev["cells"]] = 1
-        p = self._cells_partial(yb, sb, probed, order)
+        log_cut = self._cells_log_cut(rho[rows])
+        p = self._cells_partial(yb, sb, probed, log_cut)
         too_many = np.zeros(rows.size, dtype=bool)
         if self.tol is not None:
-            log_s = self._log_s(p)
-            with np.errstate(divide="ignore"):
-                thr = np.log(rho[rows] / 2.0) + log_s  # leave out at most rho S_K / 2 of tail mass
-            before = probed.copy()
-            budget = max(IVF_SCAN_FRACTION * self.n_train, 4.0 * self.n_train / nlist)  # >= 4 mean cells
-            hopeless = _select_cells(low2, self._log_cell_mass, sb, thr, self._cell_sizes, budget, probed,
-                                     self._threads(low2.size))  # fmt: skip
-            extra = probed & ~before
-            too_many = hopeless | (probed.astype(bool) @ self._cell_sizes > budget)
-            extra[too_many] = 0
-            probed[too_many] = before[too_many]
-            if extra.any():
-                p = merge(p, self._cells_partial(yb, sb, extra, order))
-                p = dataclasses.replace(p, log_mass=self.data.log_mass)
+            p, too_many = self._ivf_select(p, yb, sb, rho[rows], low2, probed, log_cut)
         log_t, log_g = _tail_sums(low2, self._log_cell_mass, sb, probed, self._threads(low2.size))
         scanned = probed.astype(bool) @ self._cell_sizes
-        b = self._finish_bounds(p, yb, sb, log_t, log_g, scanned)
+        b = self._finish_bounds(p, yb, sb, log_t, log_g, scanned, log_cut)
         ok = self._meets(b, eta[rows]) & ~too_many & np.isfinite(p.m)
         good = rows[ok]
         p = dataclasses.replace(p, top1=self._original_rows(p.top1))
@@ -615,19 +619,57 @@ class KNNScore(ScoreModel):
                                  "y": yb[i].astype(np.float64)}  # fmt: skip
         return rows[~ok]
 
-    def _cells_partial(self, yb, sb, cells: np.ndarray, order=None) -> Partial:
+    def _ivf_select(self, p, yb, sb, rho, low2, probed, log_cut):
+        """Probe more cells (marked in ``probed``) until each query's unprobed tail is at most
+        rho S_K / 2; returns (partial over the probed cells, queries over the scan budget).
+
+        A query whose first cells missed its near neighbours has a tiny S_K, which makes every
+        cell look necessary: such queries first scan their IVF_RETRY_CELLS cells of smallest
+        lower bound, and the selection is made again."""
+        budget = max(IVF_SCAN_FRACTION * self.n_train, 4.0 * self.n_train / low2.shape[1])  # >= 4 mean cells
+        for attempt in (0, 1):
+            with np.errstate(divide="ignore"):
+                thr = np.log(rho / 2.0) + self._log_s(p)  # leave out at most rho S_K / 2 of tail mass
+            before = probed.copy()
+            hopeless = _select_cells(low2, self._log_cell_mass, sb, thr, self._cell_sizes, budget, probed,
+                                     self._threads(low2.size))  # fmt: skip
+            over = probed.astype(bool) @ self._cell_sizes > budget
+            probed[over] = before[over]
+            too_many = hopeless | over
+            retry = attempt == 0 and bool(hopeless.any())
+            if retry:
+                h = np.flatnonzero(hopeless)
+                k = min(IVF_RETRY_CELLS, low2.shape[1])
+                nearest = np.argpartition(np.where(before[h].astype(bool), np.inf, low2[h]), k - 1, axis=1)[:, :k]
+                widened = probed[h]
+                np.put_along_axis(widened, nearest, 1, axis=1)
+                probed[h] = widened
+            extra = probed & ~before
+            if extra.any():
+                p = merge(p, self._cells_partial(yb, sb, extra, log_cut))
+                p = dataclasses.replace(p, log_mass=self.data.log_mass)
+            if not retry:
+                break
+        return p, too_many
+
+    def _cells_partial(self, yb, sb, cells: np.ndarray, log_cut: float) -> Partial:
         """Exact partial of each query over the rows of its selected cells ((B, nlist) mask),
-        computed in the query order ``order`` (results in the original order)."""
-        if order is None:
-            order = np.arange(cells.shape[0])
-        q_of, c_of = np.nonzero(cells[order])
-        offsets = np.concatenate([[0], np.cumsum(np.bincount(q_of, minlength=cells.shape[0]))]).astype(np.int64)
-        seg = _backends.Segments(offsets, self.index.cell_offsets[c_of].astype(np.int64),
-                                 self._cell_sizes[c_of].astype(np.int64))  # fmt: skip
-        p = gathered_partials(self, yb[order], sb[order], self._sorted, self._sorted_log_w, seg)
-        inv = np.empty_like(order)
-        inv[order] = np.arange(order.size)
-        return _take(p, inv)
+        terms below (max - log_cut) skipped; top1 indexes the cell-sorted copy."""
+        data = self.data
+        work = 4.0 * float(np.sum(cells.astype(bool) @ self._cell_sizes)) * data.dim
+        return _backends.partials_cells(self.backend, np.ascontiguousarray(yb), sb, self._cells, cells,
+                                        self._threads(work), log_w_shift=data.log_w_shift,
+                                        log_mass=data.log_mass, log_cut=log_cut)  # fmt: skip
+
+    def _cells_log_cut(self, rho) -> float:
+        """The skip threshold of the IVF scans: the skipped terms (<= N of them, each below
+        e^-log_cut of the max) may carry a quarter of the smallest tail ratio rho a query of the
+        block allows (:meth:`_finish_bounds` counts them), and never more than the kernels' default."""
+        default = _backends.skip_log_cut(self.n_train, self.dtype)
+        rho_min = float(np.min(rho)) if np.size(rho) else math.inf
+        if not 0.0 < rho_min < math.inf:
+            return default
+        return min(default, math.log(self.n_train) + math.log(4.0 / rho_min))
 
     # -- sampler cache --------------------------------------------------------------------------
     def _from_cache(self, y, st, eta, rho, cache, rows, out):
@@ -642,12 +684,14 @@ class KNNScore(ScoreModel):
         y_old = np.stack([e["y"] for e in entries])
         moved = np.sqrt(np.sum((y[hits].astype(np.float64) - y_old) ** 2, axis=1)) * (1.0 + 1e-12)
         s2 = 2.0 * st[hits] ** 2
+        log_cut = None  # the kernels' default (kNN lists)
         if self.index.kind == "ivf":
             cells = np.zeros((hits.size, self.index.nlist), dtype=np.uint8)
             low = np.stack([e["low"] for e in entries])  # (H, nlist) distance lower bounds at y_s
             for i, e in enumerate(entries):
                 cells[i, e["cells"]] = 1
-            p = self._cells_partial(y[hits], st[hits], cells)
+            log_cut = self._cells_log_cut(rho[hits])
+            p = self._cells_partial(y[hits], st[hits], cells, log_cut)
             p = dataclasses.replace(p, top1=self._original_rows(p.top1))
             low = np.maximum(low - moved[:, None], 0.0)
             log_t, log_g = _tail_sums(low * low, self._log_cell_mass, st[hits], cells, self._threads(low.size))
@@ -666,7 +710,7 @@ class KNNScore(ScoreModel):
             with np.errstate(divide="ignore", invalid="ignore"):
                 log_t = np.where(np.isinf(r), -np.inf, log_out - r * r / s2)
                 log_g = np.where(np.isinf(r), -np.inf, log_out + _log_g(r, st[hits]))
-        b = self._finish_bounds(p, y[hits], st[hits], log_t, log_g, n_terms)
+        b = self._finish_bounds(p, y[hits], st[hits], log_t, log_g, n_terms, log_cut)
         ok = self._meets(b, eta[hits]) & np.isfinite(p.m)
         good = hits[ok]
         _scatter(parts, good, _take(p, ok))

@@ -1,0 +1,167 @@
+// Cell-batched reduction driver (see nnscore/cells.hpp).
+#include "nnscore/cells.hpp"
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "nnscore/online_softmax.hpp"
+#include "nnscore/thread_pool.hpp"
+
+namespace nnscore {
+namespace {
+
+// Structure-of-arrays partials for n queries (owned storage).
+struct PartialBuffer {
+  std::vector<double> m, z, v, q, z2;
+  std::vector<std::int64_t> top1, n_exact;
+  index_t d = 0;
+  void resize(index_t n, index_t dim) {
+    d = dim;
+    m.resize(n);
+    z.resize(n);
+    q.resize(n);
+    z2.resize(n);
+    v.resize(static_cast<std::size_t>(n * dim));
+    top1.resize(n);
+    n_exact.resize(n);
+  }
+  DenseOutput view() { return DenseOutput{m.data(), z.data(), v.data(), q.data(), z2.data(), top1.data(), n_exact.data()}; }
+};
+
+PartialRef ref(const DenseOutput& o, index_t i, index_t d) {
+  return PartialRef{o.m + i, o.z + i, o.v + i * d, o.q + i, o.z2 + i, o.top1 + i};
+}
+
+}  // namespace
+
+template <class T>
+void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_t n_cells,
+                    const std::int64_t* cell_offsets, const T* cell_centers, const double* cell_radii,
+                    const DenseOutput& out, int n_threads, SimdLevel level) {
+  NNSCORE_CHECK(P.d >= 1 && P.N >= 1 && P.M >= 0 && n_cells >= 1, "partials_cells: need d >= 1, N >= 1, cells >= 1");
+  NNSCORE_CHECK(cell_offsets[0] == 0 && cell_offsets[n_cells] == P.N, "partials_cells: cell_offsets must span [0, N]");
+  NNSCORE_CHECK(simd_level_compiled(level), "partials_cells: SIMD level " << simd_level_name(level)
+                                                                           << " is not compiled in");
+  const index_t M = P.M, d = P.d;
+  for (index_t i = 0; i < M; ++i) {
+    partial_reset(ref(out, i, d), d);
+    if (out.n_exact) out.n_exact[i] = 0;
+  }
+  if (M == 0) return;
+  if (n_threads < 1) n_threads = 1;
+  const DenseBlockFn<T> fn = dense_block_fn<T>(level);
+
+  // Cell -> queries (CSR, queries ascending), cells with rows and at least one query only.
+  std::vector<index_t> count(n_cells, 0);
+  for (index_t i = 0; i < M; ++i) {
+    const std::uint8_t* row = probed + i * n_cells;
+    for (index_t c = 0; c < n_cells; ++c) count[c] += row[c] != 0;
+  }
+  // Work pieces: (cell, row range), a large cell split so that no piece dominates a thread.
+  constexpr index_t kPieceRows = 4096;
+  std::vector<index_t> cells, ptr{0}, piece_cell, piece_r0, piece_r1, piece_slot;
+  std::vector<double> work;  // rows x queries: the cost estimate that balances the chunks
+  for (index_t c = 0; c < n_cells; ++c) {
+    const index_t rows = cell_offsets[c + 1] - cell_offsets[c];
+    NNSCORE_CHECK(rows >= 0, "partials_cells: cell_offsets must be non-decreasing");
+    if (rows == 0 || count[c] == 0) continue;
+    for (index_t r = 0; r < rows; r += kPieceRows) {
+      piece_cell.push_back(c);
+      piece_slot.push_back(static_cast<index_t>(cells.size()));
+      piece_r0.push_back(cell_offsets[c] + r);
+      piece_r1.push_back(cell_offsets[c] + std::min(rows, r + kPieceRows));
+      work.push_back(static_cast<double>(std::min(kPieceRows, rows - r)) * static_cast<double>(count[c] + 4));
+    }
+    cells.push_back(c);
+    ptr.push_back(ptr.back() + count[c]);
+  }
+  const index_t n_used = static_cast<index_t>(cells.size()), n_pieces = static_cast<index_t>(work.size());
+  if (n_used == 0) return;
+  std::vector<index_t> slot(n_cells, -1);
+  for (index_t k = 0; k < n_used; ++k) slot[cells[k]] = k;
+  std::vector<index_t> members(ptr.back()), fill(ptr.begin(), ptr.end() - 1);
+  for (index_t i = 0; i < M; ++i) {
+    const std::uint8_t* row = probed + i * n_cells;
+    for (index_t c = 0; c < n_cells; ++c)
+      if (row[c] && slot[c] >= 0) members[fill[slot[c]]++] = i;
+  }
+
+  // Contiguous chunks of pieces of about equal work; chunk 0 accumulates into `out`.
+  double total = 0;
+  for (double w : work) total += w;
+  // Many more chunks than threads: the cost estimate misses how many terms need float64, so
+  // balance comes from dynamic claiming.  Each chunk beyond the first holds M partials: at most
+  // ~64 MiB of them.
+  const double partial_bytes = 8.0 * static_cast<double>(M) * static_cast<double>(d + 6);
+  const index_t by_memory = std::max<index_t>(2 * n_threads, static_cast<index_t>((64.0 * (1 << 20)) / partial_bytes));
+  const index_t n_chunks = std::min<index_t>(n_pieces, n_threads == 1 ? 1 : std::min<index_t>(16 * n_threads, by_memory));
+  std::vector<index_t> bounds{0};
+  double acc = 0;
+  for (index_t k = 0; k < n_pieces; ++k) {
+    acc += work[k];
+    const index_t next = static_cast<index_t>(bounds.size());
+    if (next < n_chunks && acc >= total * static_cast<double>(next) / static_cast<double>(n_chunks)) bounds.push_back(k + 1);
+  }
+  while (static_cast<index_t>(bounds.size()) <= n_chunks) bounds.push_back(n_pieces);
+  std::vector<PartialBuffer> chunk_acc(n_chunks > 1 ? n_chunks - 1 : 0);
+  for (PartialBuffer& b : chunk_acc) b.resize(M, d);
+  auto chunk_out = [&](index_t ch) { return ch == 0 ? out : chunk_acc[ch - 1].view(); };
+
+  parallel_for(n_chunks, n_threads, [&](index_t ch, int) {
+    const DenseOutput acc_out = chunk_out(ch);
+    if (ch > 0) {
+      for (index_t i = 0; i < M; ++i) {
+        partial_reset(ref(acc_out, i, d), d);
+        acc_out.n_exact[i] = 0;
+      }
+    }
+    std::vector<T> ys;
+    std::vector<double> sig;
+    PartialBuffer part;
+    for (index_t pc = bounds[ch]; pc < bounds[ch + 1]; ++pc) {
+      const index_t k = piece_slot[pc], c = piece_cell[pc], r0 = piece_r0[pc], nq = ptr[k + 1] - ptr[k];
+      ys.resize(static_cast<std::size_t>(nq * d));
+      sig.resize(nq);
+      part.resize(nq, d);
+      for (index_t j = 0; j < nq; ++j) {
+        const index_t i = members[ptr[k] + j];
+        std::copy(P.y + i * P.ldy, P.y + i * P.ldy + d, ys.begin() + j * d);
+        sig[j] = P.sigma[i];
+      }
+      DenseProblem<T> S = P;
+      S.y = ys.data();
+      S.ldy = d;
+      S.sigma = sig.data();
+      S.M = nq;
+      S.x = P.x + r0 * P.ldx;
+      S.N = piece_r1[pc] - r0;
+      S.x_half_sqnorm = P.x_half_sqnorm + r0;
+      S.log_w = P.log_w ? P.log_w + r0 : nullptr;
+      S.center = cell_centers + c * d;
+      S.x_radius = cell_radii[c];
+      const DenseOutput po = part.view();
+      fn(S, 0, nq, 0, S.N, po);
+      for (index_t j = 0; j < nq; ++j) {
+        const index_t i = members[ptr[k] + j];
+        if (po.top1[j] >= 0) po.top1[j] += r0;
+        partial_merge_into(ref(acc_out, i, d), ref(po, j, d), d);
+        if (acc_out.n_exact) acc_out.n_exact[i] += po.n_exact[j];
+      }
+    }
+  });
+  for (index_t ch = 1; ch < n_chunks; ++ch) {
+    const DenseOutput c = chunk_out(ch);
+    for (index_t i = 0; i < M; ++i) {
+      partial_merge_into(ref(out, i, d), ref(c, i, d), d);
+      if (out.n_exact) out.n_exact[i] += c.n_exact[i];
+    }
+  }
+}
+
+template void partials_cells<float>(const DenseProblem<float>&, const std::uint8_t*, index_t, const std::int64_t*,
+                                    const float*, const double*, const DenseOutput&, int, SimdLevel);
+template void partials_cells<double>(const DenseProblem<double>&, const std::uint8_t*, index_t, const std::int64_t*,
+                                     const double*, const double*, const DenseOutput&, int, SimdLevel);
+
+}  // namespace nnscore

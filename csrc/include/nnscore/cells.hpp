@@ -1,0 +1,34 @@
+// Cell-batched reduction: each query against the rows of its own set of cells of a cell-sorted
+// training array (an IVF index's probed cells).  Work is organised by cell, not by query: the
+// queries that probe a cell are gathered and run through the dense tile kernel against the
+// cell's contiguous rows (one packing of the cell serves all of them), and each query's per-cell
+// partials are merged.  Each cell's GEMM-form products are taken about its own centre, so the
+// rounding bounds scale with the cell's radius rather than the data's: at small sigma, where
+// the cells that matter are near the query, far fewer candidates need float64.  With fast_tol = 0 every query takes the dense kernel's selection path:
+// GEMM-form distances only choose candidates under a rigorous rounding bound, and every term
+// within log_cut of the running max is recomputed in float64 difference form, so the partial is
+// exact up to float64 rounding plus at most (rows scanned) exp(-log_cut) of skipped mass relative
+// to the largest weight -- the guarantee of the gathered kernel (segments.hpp), at GEMM speed.
+#pragma once
+#include <cstdint>
+
+#include "nnscore/common.hpp"
+#include "nnscore/dense.hpp"
+#include "nnscore/simd.hpp"
+
+namespace nnscore {
+
+/// `P` describes all M queries and the whole cell-sorted array (x and log_w aligned with it;
+/// P.center and P.x_radius are not used).  probed (M, n_cells), row-major: query i scans cell c
+/// when probed[i * n_cells + c] != 0; cell c owns rows [cell_offsets[c], cell_offsets[c + 1]),
+/// has centre cell_centers[c * d ...] and radius cell_radii[c] >= max ||x - centre|| over its
+/// rows; P.x_half_sqnorm[j] = ||x_j - centre of j's cell||^2 / 2.  top1 indexes the sorted rows.
+/// Per-cell partials are merged in increasing cell order within fixed, work-balanced chunks of
+/// cells, then the chunks in order: the result depends only on (inputs, n_threads, level).
+/// Extra memory: O(chunks * M * d), chunks <= 16 n_threads and ~64 MiB (but >= 2 n_threads).
+template <class T>
+void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_t n_cells,
+                    const std::int64_t* cell_offsets, const T* cell_centers, const double* cell_radii,
+                    const DenseOutput& out, int n_threads, SimdLevel level);
+
+}  // namespace nnscore

@@ -1,0 +1,148 @@
+"""partials_cells (the IVF scan: dense tile kernel one cell at a time, products about each cell's
+centre) against the float64 oracle over the same rows, at every compiled SIMD level; the other
+backends run the gathered kernel on the same rows.  Plus CellSortedData and the binding's checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import nnscore as ns
+from nnscore import backends as nb
+
+from test_segments import VARIANTS, VIDS, check
+
+
+def cell_data(rng, d, dtype, sizes, weighted, spread=1.0):
+    """Cell-sorted clustered points: cell c around its own centre, sizes[c] rows (0 allowed);
+    a few exact duplicates and, in the last non-empty cell, one far outlier."""
+    centres = rng.normal(size=(len(sizes), d)) * 5.0
+    rows = [centres[c] + spread * rng.uniform(0.01, 1.0) * rng.normal(size=(n, d)) for c, n in enumerate(sizes)]
+    points = np.concatenate(rows).astype(dtype)
+    n = points.shape[0]
+    points[1:6] = points[0]  # duplicates inside the first cell
+    points[n - 1] += 40.0  # an outlier: a large cell radius
+    log_w = None
+    if weighted:
+        log_w = np.log(rng.uniform(0.1, 1.0, n))
+        log_w[rng.choice(n, n // 10, replace=False)] = -np.inf
+        log_w -= log_w[np.isfinite(log_w)].max()
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return nb.CellSortedData.build(points, log_w, offsets)
+
+
+def segments_of(cells: nb.CellSortedData, probed: np.ndarray) -> nb.Segments:
+    q_of, c_of = np.nonzero(probed)
+    offs = cells.offsets
+    counts = np.bincount(q_of, minlength=probed.shape[0])
+    return nb.Segments(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), offs[c_of], offs[c_of + 1] - offs[c_of])
+
+
+def queries(rng, cells, n_q, scale):
+    pts = cells.points.astype(np.float64)
+    y = pts[rng.integers(0, pts.shape[0], n_q)] + scale * rng.normal(size=(n_q, pts.shape[1]))
+    y[-1] = pts.mean(axis=0) + 100.0 * np.max(cells.radii)  # far from everything
+    y[-2] = pts[0]  # exactly on the duplicated row
+    return y.astype(cells.points.dtype)
+
+
+SIZES = [0, 40, 7, 1, 0, 120, 4500, 33, 64]  # empty cells, tiny cells, one cell split into pieces
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VIDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("d", [1, 3, 17, 64])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unif", "weighted"])
+def test_cells_match_dense_reference(variant, dtype, d, weighted, seed):
+    backend, level = variant
+    rng = np.random.default_rng([seed, d, int(weighted), np.dtype(dtype).itemsize, 31])
+    cells = cell_data(rng, d, dtype, SIZES, weighted)
+    n_q = 21
+    probed = (rng.uniform(size=(n_q, len(SIZES))) < 0.4).astype(np.uint8)
+    probed[0] = 0  # a query with no cell: the empty partial
+    probed[1] = 1  # every cell
+    probed[-2:, 0:2] = 1  # the far and the on-a-row query scan the first cell
+    seg = segments_of(cells, probed)
+    y = queries(rng, cells, n_q, 0.3)
+    for sigma in (np.full(n_q, 1e-6), np.full(n_q, 1e-3), rng.uniform(0.2, 2.0, n_q), np.full(n_q, 1e6)):
+        p = nb.partials_cells(backend, y, sigma, cells, probed, 2, level=level)
+        check(p, y, cells.points, sigma, cells.log_w, seg, f"{backend}{level} sigma={sigma[0]:.1e}")
+
+
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+def test_cells_deterministic_per_thread_count_and_agree_across(seed):
+    rng = np.random.default_rng([seed, 8])
+    cells = cell_data(rng, 16, np.float32, SIZES * 3, False)
+    probed = (rng.uniform(size=(50, len(SIZES) * 3)) < 0.5).astype(np.uint8)
+    y = queries(rng, cells, 50, 0.5)
+    sigma = rng.uniform(0.05, 3.0, 50)
+    runs = {t: [nb.partials_cells("cpp", y, sigma, cells, probed, t) for _ in range(2)] for t in (1, 2, 3)}
+    for t, (a, b) in runs.items():
+        for f in ("m", "z", "v", "q", "z2", "top1"):
+            assert np.array_equal(getattr(a, f), getattr(b, f)), (t, f)
+    a, b = runs[1][0], runs[3][0]
+    np.testing.assert_allclose(a.m + np.log(a.z), b.m + np.log(b.z), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(a.v / a.z[:, None], b.v / b.z[:, None], rtol=0, atol=1e-11)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n_cells=st.integers(1, 6), d=st.integers(1, 20), n_q=st.integers(1, 9), log_sigma=st.floats(-7, 4),
+       seed=st.integers(0, 2**31 - 1), f64=st.booleans())
+def test_cells_property_random_problems(n_cells, d, n_q, log_sigma, seed, f64):
+    rng = np.random.default_rng(seed)
+    sizes = list(rng.integers(0, 40, n_cells))
+    if sum(sizes) < 2:
+        sizes[0] = 2
+    cells = cell_data(rng, d, np.float64 if f64 else np.float32, sizes, bool(rng.integers(0, 2)))
+    probed = (rng.uniform(size=(n_q, n_cells)) < 0.6).astype(np.uint8)
+    y = queries(rng, cells, n_q, float(rng.uniform(0.0, 2.0))) if n_q >= 2 else cells.points[:1].copy()
+    sigma = np.full(n_q, 10.0**log_sigma)
+    backend = "cpp" if ns.HAS_CORE else "reference"
+    p = nb.partials_cells(backend, y, sigma, cells, probed, 2)
+    check(p, y, cells.points, sigma, cells.log_w, segments_of(cells, probed), f"sigma={sigma[0]:.1e}")
+
+
+def test_cell_sorted_data_build(seed):
+    rng = np.random.default_rng([seed, 3])
+    sizes = [5, 0, 70, 1]
+    cells = cell_data(rng, 7, np.float32, sizes, False)
+    for c, (a, b) in enumerate(zip(cells.offsets[:-1], cells.offsets[1:])):
+        rows = cells.points[a:b].astype(np.float64)
+        if b == a:
+            assert cells.radii[c] == 0.0
+            continue
+        np.testing.assert_allclose(cells.centers[c], rows.mean(axis=0), rtol=1e-6, atol=1e-6)
+        dist = np.linalg.norm(rows - cells.centers[c].astype(np.float64), axis=1)
+        assert cells.radii[c] >= dist.max() and cells.radii[c] <= dist.max() * (1 + 1e-9)
+        np.testing.assert_allclose(cells.half_sqnorm[a:b], 0.5 * dist**2, rtol=1e-12)
+    assert cells.centers.dtype == np.float32 and cells.centers.flags.c_contiguous
+
+
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+@pytest.mark.parametrize("case", ["offsets_short", "offsets_end", "offsets_decreasing", "probed_rows", "centers"])
+def test_binding_rejects_bad_cells(case):
+    rng = np.random.default_rng(0)
+    n, d, n_q, n_cells = 30, 4, 3, 3
+    x = rng.normal(size=(n, d))
+    y = rng.normal(size=(n_q, d))
+    sigma = np.ones(n_q)
+    offsets = np.array([0, 10, 20, 30], np.int64)
+    probed = np.ones((n_q, n_cells), np.uint8)
+    centers = np.zeros((n_cells, d))
+    if case == "offsets_short":
+        offsets = offsets[:-1]
+    elif case == "offsets_end":
+        offsets = np.array([0, 10, 20, 29], np.int64)
+    elif case == "offsets_decreasing":
+        offsets = np.array([0, 20, 10, 30], np.int64)
+    elif case == "probed_rows":
+        probed = np.ones((n_q + 1, n_cells), np.uint8)
+    elif case == "centers":
+        centers = np.zeros((n_cells + 1, d))
+    m, z, q, z2 = (np.empty(n_q) for _ in range(4))
+    v = np.empty((n_q, d))
+    top1, n_exact = np.empty(n_q, np.int64), np.empty(n_q, np.int64)
+    with pytest.raises(ValueError):
+        nb._core.partials_cells_f64(y, x, np.zeros(n), None, sigma, probed, offsets, centers, np.ones(n_cells),
+                                    m, z, v, q, z2, top1, n_exact, 0.0, 40.0, 1, 0)  # fmt: skip
