@@ -195,6 +195,61 @@ def test_parity_grid(backend, dtype, d, n, m, seed):
     assert_matches_oracle(res, ref_f64(train, x, sig), x, dtype, R, what=f"{backend} per-query t")
 
 
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("d", [1, 2, 3, 4, 5])
+def test_difference_form_logits_small_d(dtype, d, seed):
+    """d <= 4, sigma well below the data radius: the cpp kernel's difference-form logits.
+
+    Near queries keep them (no float64 recompute: n_exact = 0); queries a few sigma-widths away
+    from the data fail the a-posteriori rounding check and are redone with float64 candidates
+    (n_exact > 0).  Both, with offset data, weights and duplicates, match the oracle at the
+    tolerances of test_parity_grid.  At d = 5 the GEMM-form modes run as before.
+    """
+    rng = np.random.default_rng([seed, 23, d])
+    n = 1500
+    centres = rng.standard_normal((6, d)) * 4.0
+    train = (centres[rng.integers(0, 6, size=n)] + 0.3 * rng.standard_normal((n, d)) + 20.0).astype(dtype)
+    train[-50:] = train[:50]  # exact duplicates
+    weights = rng.uniform(0.2, 3.0, size=n)
+    weights[::97] = 0.0
+    model = ns.EmpiricalScore(train, weights=weights, backend="cpp", n_threads=2)
+    R = data_radius(train)
+    u = np.finfo(dtype).eps / 2
+    # sigma / R from ~1e-2 (float32; GEMM-form error est ~u (R / sigma)^2 above the fast-path
+    # tolerance, below the 1e-2 cap) up to where the GEMM form is the fast path again.
+    n_keep = n_redo = 0
+    for f in ([0.01, 0.03, 0.1] if dtype == np.float32 else [3e-5, 1e-3, 0.01]):
+        sigma = f * R
+        near = (train[rng.integers(0, n, size=40)] + sigma * rng.standard_normal((40, d))).astype(dtype)
+        direction = rng.standard_normal((10, d))
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        off = (train.astype(np.float64).mean(axis=0) + 1.5 * R * direction).astype(dtype)  # >> sigma away
+        x = np.concatenate([near, off])
+        res = model.evaluate(x, sigma)
+        diag = {}
+        nb.partials_dense("cpp", x, np.full(len(x), sigma), model.data, 2, diagnostics=diag)
+        ref = ref_f64(train, x, sigma, weights=weights)
+        assert_matches_oracle(res, ref, x, dtype, R, what=f"d={d} sigma={f:g}R")
+        # Which queries may keep the difference form: GEMM-form error estimate in
+        # [fast_tol, 1e-2], and the check on the posterior mean of half the squared distance
+        # (computed here from the oracle's weights), with a factor-2 margin either way.
+        fast_tol = nb.FAST_TOL[np.dtype(dtype)]
+        est = u * (np.linalg.norm(x - train.mean(0), axis=1) * R + R * R) / sigma**2
+        half_d2 = ((x.astype(np.float64)[:, None, :] - train.astype(np.float64)[None]) ** 2).sum(-1) / (2 * sigma**2)
+        log_pi = np.log(weights[weights > 0] / weights.sum())
+        bound = (d + 6) * u * (ref["lam"] * half_d2).sum(1) + 2 * u * np.abs(log_pi).max()
+        eligible = (est >= fast_tol) & (est <= 1e-2) & (d <= 4)
+        keep, redo = eligible & (bound <= 0.5 * fast_tol), eligible & (bound >= 2 * fast_tol)
+        assert (diag["n_exact"][keep] == 0).all(), f"sigma={f:g}R: kept queries recomputed"
+        assert (diag["n_exact"][redo] > 0).all(), f"sigma={f:g}R: failed queries not redone"
+        assert (diag["n_exact"][(est >= fast_tol) & ~eligible] > 0).all()
+        n_keep += keep.sum()
+        n_redo += redo[40:].sum()
+    if d <= 4:  # both branches were exercised
+        assert n_keep >= 40 and n_redo >= 10, (n_keep, n_redo)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_parity_offset_data_and_weights(backend, dtype, seed):
     """Data far from the origin (offset 50 per coordinate, ~25 R) with non-uniform weights, some zero."""
