@@ -31,6 +31,7 @@ void register_info(py::module_& m) {
     info["simd_detected_index"] = static_cast<int>(detected_simd_level());
     info["openmp"] = false;
     info["cuda"] = false;
+    info["wide_tile_kib"] = wide_tile_bytes() / 1024;
     info["hardware_threads"] = std::thread::hardware_concurrency();
     info["build_type"] = NNSCORE_STR(NNSCORE_BUILD_TYPE);
     return info;

@@ -10,6 +10,10 @@
 //    candidates with a rigorous rounding bound; a candidate whose logit may be within `log_cut`
 //    of the running max is recomputed in float64 difference form and accumulated in float64.
 //    Skipped terms carry at most N exp(-log_cut) of the mass relative to the max weight.
+//  * difference-form path (d <= 4, where the selection path would be taken with a GEMM-form
+//    error estimate <= 1e-2): logits sum_k (y_k - x_k)^2 in precision T over the raw points,
+//    whose error is relative to the distance; kept when the posterior mean of that error bound
+//    is below `fast_tol` (checked after the pass), else the query is redone on the selection path.
 // Products are taken about a centre c (the data mean), subtracted while packing, so that the
 // rounding bounds scale with the spread of the data rather than its offset.
 // Never more than one tile of logits is in memory.

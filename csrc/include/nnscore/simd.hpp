@@ -1,5 +1,6 @@
 // SIMD levels compiled into the core and detected on this CPU; the caller picks one per call.
 #pragma once
+#include <cstddef>
 
 namespace nnscore {
 
@@ -10,5 +11,8 @@ const char* simd_level_name(SimdLevel level);
 SimdLevel detected_simd_level();
 /// Whether the build contains kernels for `level` (compile-time fact).
 bool simd_level_compiled(SimdLevel level);
+/// Bytes of a transposed training tile for queries whose weighted sums are formed (the dense
+/// kernel's wide tiles), chosen once for this CPU (see dispatch.cpp).
+std::size_t wide_tile_bytes();
 
 }  // namespace nnscore
