@@ -49,9 +49,9 @@ SimdLevel detected_simd_level() {
 
 std::size_t wide_tile_bytes() {
   // The tile (transposed copy plus the row-major rows the sums read) should stay in L2 where L3
-  // is slow.  Measured, float32, M = 1024, 2 threads: on the Intel Xeon VM (2 MiB L2) 384 KiB
-  // tiles ran d = 256 / 784 / 3072 at large sigma 1.1 / 2.1 / 1.4x faster than 1.5 MiB ones; on
-  // the AMD EPYC VM 1.5 MiB tiles were 20-25% faster than 256 KiB ones at d = 3072.
+  // is slow.  Measured, float32, N = 2e4, M = 1024, 2 threads: on the Intel Xeon VM (2 MiB L2)
+  // tiles of 256-512 KiB ran d = 256 / 784 / 3072 at large sigma 1.1 / 2.0 / 1.4x faster than
+  // 1.5 MiB ones; on the AMD EPYC VM 1.5 MiB tiles were 20-25% faster than 256 KiB at d = 3072.
   static const std::size_t bytes = [] {
     constexpr std::size_t KiB = 1024, lo = 256 * KiB, hi = 1536 * KiB;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
