@@ -215,10 +215,12 @@ def partials_dense(
 ) -> Partial:
     """Partials of queries ``y`` (M, D), same dtype as ``data.points``, over all training points.
 
-    ``fast_tol`` (cpp only) lowers the GEMM-form logit error target below :data:`FAST_TOL`
-    (more terms are recomputed exactly; never raised above it).
+    ``fast_tol`` (cpp only) lowers the logit error target below :data:`FAST_TOL`, for GEMM-form
+    logits and for the difference-form ones the kernel uses at d <= 4 (more terms are recomputed
+    exactly; never raised above it).
     ``log_mass`` of the result is set from ``data``; ``top1`` indexes ``data.points``.
-    ``diagnostics``, when a dict, receives ``n_exact`` (terms recomputed in difference form).
+    ``diagnostics``, when a dict, receives ``n_exact`` (terms recomputed in float64 difference
+    form).
     """
     n_q, dim = y.shape[0], data.dim
     if n_q == 0:
