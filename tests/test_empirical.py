@@ -227,8 +227,6 @@ def test_difference_form_logits_small_d(dtype, d, seed):
         off = (train.astype(np.float64).mean(axis=0) + 1.5 * R * direction).astype(dtype)  # >> sigma away
         x = np.concatenate([near, off])
         res = model.evaluate(x, sigma)
-        diag = {}
-        nb.partials_dense("cpp", x, np.full(len(x), sigma), model.data, 2, diagnostics=diag)
         ref = ref_f64(train, x, sigma, weights=weights)
         assert_matches_oracle(res, ref, x, dtype, R, what=f"d={d} sigma={f:g}R")
         # Which queries may keep the difference form: GEMM-form error estimate in
@@ -241,9 +239,26 @@ def test_difference_form_logits_small_d(dtype, d, seed):
         bound = (d + 6) * u * (ref["lam"] * half_d2).sum(1) + 2 * u * np.abs(log_pi).max()
         eligible = (est >= fast_tol) & (est <= 1e-2) & (d <= 4)
         keep, redo = eligible & (bound <= 0.5 * fast_tol), eligible & (bound >= 2 * fast_tol)
-        assert (diag["n_exact"][keep] == 0).all(), f"sigma={f:g}R: kept queries recomputed"
-        assert (diag["n_exact"][redo] > 0).all(), f"sigma={f:g}R: failed queries not redone"
-        assert (diag["n_exact"][(est >= fast_tol) & ~eligible] > 0).all()
+        # Every compiled SIMD level: the same paths, and D within the tolerance of
+        # assert_matches_oracle.
+        D_ref = ref["denoised"]
+        x64 = x.astype(np.float64)
+        logit_term = 2 * R * 16 * EPS64 * _logit_range(ref)
+        if dtype == np.float32:
+            tol_D = 1e-5 * R + 2 * U32 * np.linalg.norm(D_ref, axis=1) + logit_term
+        else:
+            tol_D = 1e-10 * R + 100 * EPS64 * (np.linalg.norm(x64 - D_ref, axis=1) + np.linalg.norm(D_ref, axis=1))
+            tol_D = tol_D + logit_term
+        for level in _simd_levels():
+            what = f"level {nb.SIMD_LEVELS[level]} sigma={f:g}R"
+            diag = {}
+            got = finalize_partial(nb.partials_dense("cpp", x, np.full(len(x), sigma), model.data, 2, level=level,
+                                                     diagnostics=diag))
+            err = np.linalg.norm(x64 + got.delta - D_ref, axis=1)
+            assert (err <= tol_D).all(), f"{what}: D error {err.max():.3e}"
+            assert (diag["n_exact"][keep] == 0).all(), f"{what}: kept queries recomputed"
+            assert (diag["n_exact"][redo] > 0).all(), f"{what}: failed queries not redone"
+            assert (diag["n_exact"][(est >= fast_tol) & ~eligible] > 0).all(), what
         n_keep += keep.sum()
         n_redo += redo[40:].sum()
     if d <= 4:  # both branches were exercised
