@@ -252,7 +252,8 @@ void def_cells(py::module_& m, const char* name) {
 
 void bind_ivf_bounds(py::array_t<double> G, py::array_t<double> qn, py::array_t<double> cn, py::array_t<double> radii,
                      py::array_t<double> slack, std::optional<py::array_t<float>> inv_gap, int n_refs, double g,
-                     double deflate, py::array_t<double> out, int n_threads) {
+                     double deflate, py::array_t<double> out, int n_threads,
+                     std::optional<py::array_t<std::int64_t>> nearest) {
   NNSCORE_CHECK(G.ndim() == 2 && (G.flags() & py::array::c_style), "G: expected a C-contiguous 2-d array");
   IvfBoundsProblem P;
   P.B = G.shape(0);
@@ -273,6 +274,12 @@ void bind_ivf_bounds(py::array_t<double> G, py::array_t<double> qn, py::array_t<
   P.g = g;
   P.deflate = deflate;
   double* o = checked_out(out, "out", P.B, P.nlist);
+  if (nearest) {
+    NNSCORE_CHECK(nearest->ndim() == 1 && nearest->shape(0) == P.B && (nearest->flags() & py::array::c_style) &&
+                      nearest->writeable(),
+                  "nearest: expected a writeable C-contiguous (B,) int64 array");
+    P.nearest = nearest->mutable_data();
+  }
   py::gil_scoped_release release;
   ivf_cell_bounds(P, o, n_threads);
 }
@@ -327,12 +334,13 @@ void register_kernels(py::module_& m) {
   def_third_moments<float>(m, "third_moments_dense_f32");
   def_third_moments<double>(m, "third_moments_dense_f64");
   m.def("ivf_cell_bounds", &bind_ivf_bounds,
-        "ivf_cell_bounds(G, qn, cn, radii, slack, inv_gap, n_refs, g, deflate, out, n_threads)\n\n"
+        "ivf_cell_bounds(G, qn, cn, radii, slack, inv_gap, n_refs, g, deflate, out, n_threads, nearest=None)\n\n"
         "Certified squared distance lower bounds from each query to each IVF cell (ball and\n"
-        "bisector bounds; see nnscore/ivf_bounds.hpp), written into out (B, nlist).",
+        "bisector bounds; see nnscore/ivf_bounds.hpp), written into out (B, nlist); nearest (B,)\n"
+        "int64, if given, receives each query's nearest centroid.",
         py::arg("G").noconvert(), py::arg("qn").noconvert(), py::arg("cn").noconvert(), py::arg("radii").noconvert(),
         py::arg("slack").noconvert(), py::arg("inv_gap").noconvert(), py::arg("n_refs"), py::arg("g"), py::arg("deflate"),
-        py::arg("out").noconvert(), py::arg("n_threads"));
+        py::arg("out").noconvert(), py::arg("n_threads"), py::arg("nearest").noconvert() = py::none());
   m.def("ivf_select_cells", &bind_select_cells,
         "ivf_select_cells(low2, log_mass, sigma, thr, cell_rows, row_budget, probed, over_budget, n_threads):\n"
         "marks the cells to scan so that the unprobed tail sum of Pi_c exp(-low2 / 2 sigma^2) stays below\n"

@@ -32,6 +32,7 @@ void ivf_cell_bounds(const IvfBoundsProblem& P, double* out, int n_threads) {
       hi[c] = d2 + err;
       L[c] = std::max(0.0, std::sqrt(lo[c]) * P.deflate - P.radii[c]);
     }
+    if (P.nearest != nullptr) P.nearest[b] = std::min_element(hi, hi + nlist) - hi;
     if (P.inv_gap != nullptr && n_refs > 0) {
       // the n_refs centroids nearest to the query (by the upper bracket), a small insertion list
       std::vector<index_t> refs;

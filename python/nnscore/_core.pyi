@@ -127,6 +127,7 @@ def ivf_cell_bounds(
     deflate: float,
     out: npt.NDArray[np.float64],
     n_threads: int,
+    nearest: npt.NDArray[np.int64] | None = None,
 ) -> None: ...
 def ivf_select_cells(
     low2: npt.NDArray[np.float64],

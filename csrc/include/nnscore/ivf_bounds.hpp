@@ -10,6 +10,8 @@
 // rounded down; 0 for r = c or coincident centroids: no bound).  Results
 // are deflated by `deflate` (< 1) to absorb the rounding of this arithmetic, and squared.
 #pragma once
+#include <cstdint>
+
 #include "nnscore/common.hpp"
 
 namespace nnscore {
@@ -21,6 +23,7 @@ struct IvfBoundsProblem {
   const double* radii = nullptr;  ///< (nlist,) R_c (inflated)
   const double* slack = nullptr;  ///< (nlist,) s_c >= 0
   const float* inv_gap = nullptr;  ///< (nlist, nlist) lower bounds of 1/(2||mu_r - mu_c||), or null: ball only
+  std::int64_t* nearest = nullptr;  ///< optional out (B,): the centroid nearest to each query (by hi; lowest index on ties)
   index_t B = 0, nlist = 0;
   int n_refs = 0;
   double g = 0.0, deflate = 1.0;

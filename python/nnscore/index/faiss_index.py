@@ -437,10 +437,12 @@ class TrainingIndex:
         """(d,) float64 centre subtracted from the rows before they reach faiss."""
         return self._center
 
-    def cell_lower_bounds(self, y):
+    def cell_lower_bounds(self, y, nearest=None):
         """IVF: certified squared lower bounds ``L_c^2`` on ``||y - x_j||^2`` for every row j of cell c.
 
-        ``y`` (B, d) queries (data coordinates).  Returns (B, nlist) float64: the larger of the
+        ``y`` (B, d) queries (data coordinates); ``nearest``, if given, a (B,) int64 array that
+        receives each query's nearest centroid (the cell a row at y would be assigned to, where
+        its near neighbours most likely are).  Returns (B, nlist) float64: the larger of the
         ball bound ``max(0, ||y - mu_c|| - R_c)`` and, with a flat quantizer, the bisector bound
         ``(||y - mu_c||^2 - ||y - mu_0||^2 - 2 E_a) / (2 ||mu_c - mu_0||)`` against the query's
         nearest centroid ``mu_0`` (every row of cell c was assigned to ``mu_c`` rather than
@@ -466,10 +468,13 @@ class TrainingIndex:
                     gram = q @ cent.T
                 core.ivf_cell_bounds(gram, qn, cn, self._radii, self._cell_slack,
                                      self._inverse_gap_bounds() if use_bisector else None, _BISECTOR_REFS,
-                                     g, deflate, out[s:e], self._n_threads)  # fmt: skip
+                                     g, deflate, out[s:e], self._n_threads,
+                                     None if nearest is None else nearest[s:e])  # fmt: skip
                 out[s:e, self._empty] = np.inf
                 continue
             d2 = qn[:, None] + cn[None, :] - 2.0 * (q @ cent.T)
+            if nearest is not None:
+                nearest[s:e] = np.argmin(d2, axis=1)
             err = g * (qn[:, None] + cn[None, :])
             lo = np.maximum(d2 - err, 0.0)
             low = np.maximum(0.0, np.sqrt(lo) * deflate - self._radii[None, :])
@@ -492,6 +497,15 @@ class TrainingIndex:
             low[:, self._empty] = np.inf
             out[s:e] = low
         return out
+
+    def centroid_sq_distances(self, y) -> np.ndarray:
+        """IVF: (B, nlist) float64 squared distances from the queries ``y`` (B, d) to the
+        centroids (GEMM form, not certified: it ranks cells, it bounds nothing)."""
+        if self._ivf is None:
+            raise ValueError("centroid_sq_distances: the index is not IVF")
+        q = np.asarray(y, dtype=np.float64) - self._center
+        cent = self._centroids
+        return np.einsum("ij,ij->i", q, q)[:, None] + np.einsum("ij,ij->i", cent, cent)[None, :] - 2.0 * (q @ cent.T)
 
     def prepare_bounds(self) -> None:
         """Precompute what :meth:`cell_lower_bounds` needs once (IVF; a no-op otherwise)."""

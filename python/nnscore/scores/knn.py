@@ -59,7 +59,7 @@ KNN_PATHS = ("knn", "knn-cached", "ivf-certified", "exact", "uncertified")
 #: An IVF query whose certificate needs more rows than this fraction of N (and than 4 mean cells)
 #: goes to the dense engine (the float64 gathered scan costs several times a dense tile per row).
 IVF_SCAN_FRACTION = 1.0 / 8.0
-#: Cells an IVF query scans (smallest lower bounds first) when its first cell missed its near
+#: Cells an IVF query scans (nearest centroids first) when its first cell missed its near
 #: neighbours (see KNNScore._ivf_select).
 IVF_RETRY_CELLS = 8
 #: A batch with a single noise level tries this many queries first; if most fail the tolerance,
@@ -582,10 +582,10 @@ class KNNScore(ScoreModel):
         idx = self.index
         yb = y[rows]
         sb = st[rows]
-        low2 = idx.cell_lower_bounds(yb)  # (B, nlist) squared distance lower bounds per cell
+        nearest = np.empty(rows.size, dtype=np.int64)  # each query's own cell: its nearest centroid
+        low2 = idx.cell_lower_bounds(yb, nearest=nearest)  # (B, nlist) squared distance lower bounds per cell
         nlist = low2.shape[1]
         probed = np.zeros(low2.shape, dtype=np.uint8)
-        nearest = np.argmin(low2, axis=1)
         if self.tol is None:
             npr = min(nlist, idx.nprobe)
             first = np.argpartition(low2, npr - 1, axis=1)[:, :npr] if npr < nlist else \
@@ -623,9 +623,9 @@ class KNNScore(ScoreModel):
         """Probe more cells (marked in ``probed``) until each query's unprobed tail is at most
         rho S_K / 2; returns (partial over the probed cells, queries over the scan budget).
 
-        A query whose first cells missed its near neighbours has a tiny S_K, which makes every
-        cell look necessary: such queries first scan their IVF_RETRY_CELLS cells of smallest
-        lower bound, and the selection is made again."""
+        A query whose first cell missed its near neighbours has a tiny S_K, which makes every
+        cell look necessary: such queries first scan the cells of their IVF_RETRY_CELLS nearest
+        centroids, and the selection is made again."""
         budget = max(IVF_SCAN_FRACTION * self.n_train, 4.0 * self.n_train / low2.shape[1])  # >= 4 mean cells
         for attempt in (0, 1):
             with np.errstate(divide="ignore"):
@@ -640,7 +640,8 @@ class KNNScore(ScoreModel):
             if retry:
                 h = np.flatnonzero(hopeless)
                 k = min(IVF_RETRY_CELLS, low2.shape[1])
-                nearest = np.argpartition(np.where(before[h].astype(bool), np.inf, low2[h]), k - 1, axis=1)[:, :k]
+                key = np.where(before[h].astype(bool), np.inf, self.index.centroid_sq_distances(yb[h]))
+                nearest = np.argpartition(key, k - 1, axis=1)[:, :k]
                 widened = probed[h]
                 np.put_along_axis(widened, nearest, 1, axis=1)
                 probed[h] = widened
