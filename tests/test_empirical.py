@@ -609,6 +609,64 @@ def test_cpp_every_simd_level_matches_reference(dtype, d, seed):
                     assert _top1_ok(got.top1[diff], logits, tie).all(), what
 
 
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("d", [3, 64])
+def test_cpp_adjacent_duplicate_runs(dtype, d, seed):
+    """The exact (float64) recompute takes one distance per run of identical adjacent rows.
+
+    Runs of up to 1200 copies (longer than a 512-row tile, so some straddle tile boundaries),
+    runs broken by a different prior weight or by a -0.0/+0.0 sign, a zero-weight copy; queries
+    on the duplicated points (every copy within the exact cut), near them and far away, at
+    small sigma (exact path), medium and large sigma; every SIMD level and 1 or 2 threads, with
+    and without weights: D, log p, n_eff, max_weight and top1 as the float64 reference."""
+    rng = np.random.default_rng([seed, 23, d])
+    base = rng.standard_normal((40, d)) + 1.0
+    base[7] = 0.0  # a zero row: its copies alternate -0.0 and +0.0 below
+    counts = rng.integers(1, 60, size=40)
+    counts[[3, 7, 21]] = [1200, 900, 700]
+    points = np.repeat(base, counts, axis=0).astype(dtype)
+    z0 = int(np.sum(counts[:7]))
+    points[z0 : z0 + 900 : 2, 0] = -0.0  # same value, other bits: a new run, same terms
+    n = points.shape[0]
+    weights = np.ones(n)
+    w3 = int(np.sum(counts[:3]))
+    weights[w3 + 100 : w3 + 200] = 2.5  # the middle of the long run 3 weighs more
+    weights[w3 + 500] = 0.0  # one copy without mass
+    s = nn_spacing(base.astype(dtype))
+    R = data_radius(points)
+    on = points[[w3, w3 + 150, z0, z0 + 1, int(np.sum(counts[:21])) + 3]]
+    near = on + 0.01 * s * rng.standard_normal(on.shape)
+    y = np.concatenate([on, near, [points.astype(np.float64).mean(axis=0) + 50 * R]]).astype(dtype)
+    m = y.shape[0]
+    for w in (None, weights):
+        data = nb.TrainingData.prepare(points, weights=w)
+        for f in (1e-4, 1e-2, 0.3, 3.0):
+            sigma = f * s * (1.0 + rng.uniform(size=m))
+            ref = finalize_partial(nb.partials_dense("reference", y, sigma, data, 1))
+            for level in _simd_levels():
+                for n_threads in (1, 2):
+                    got = finalize_partial(nb.partials_dense("cpp", y, sigma, data, n_threads, level=level))
+                    what = f"level={nb.SIMD_LEVELS[level]} threads={n_threads} sigma={f}s weighted={w is not None}"
+                    err = np.linalg.norm(got.delta - ref.delta, axis=1)
+                    # As test_cpp_every_simd_level_matches_reference.
+                    if dtype == np.float32:
+                        tol, tol_lse = 1e-5 * R, 1e-6 * np.abs(ref.lse) + 1e-5
+                    else:
+                        tol = 1e-10 * R + 100 * EPS64 * np.linalg.norm(ref.delta, axis=1)
+                        tol_lse = 1e-12 * np.abs(ref.lse) + 1e-12
+                    assert np.all(err <= tol), f"{what}: denoiser error {err.max():.3e}"
+                    assert np.all(np.abs(got.lse - ref.lse) <= tol_lse), f"{what}: log-sum-exp"
+                    rtol = 1e-4 if dtype == np.float32 else 1e-9
+                    assert_allclose(got.n_eff, ref.n_eff, rtol=rtol, err_msg=what)
+                    assert_allclose(got.max_weight, ref.max_weight, rtol=rtol, err_msg=what)
+                    if w is not None:
+                        assert np.all(weights[got.top1] > 0), what
+                    logits = ref_f64(points, y, sigma, weights=w)["logits"]
+                    tie = 1e-5 if dtype == np.float32 else 1e-12 * np.abs(logits.max(axis=1))
+                    assert _top1_ok(got.top1, logits, tie).all(), what
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("m", [1, 5, 100])
 def test_thread_count_agreement(backend, dtype, m, seed):

@@ -620,16 +620,40 @@ def test_cell_lower_bounds_nearest_centroid(seed):
     q = np.concatenate([mixed_queries(x, 50, seed), x[:10]])
     expect = np.argmin(index.centroid_sq_distances(q), axis=1)
     got = np.full(q.shape[0], -1, dtype=np.int64)
-    index.cell_lower_bounds(q, nearest=got)
+    low = index.cell_lower_bounds(q, nearest=got)
     assert np.array_equal(got, expect)
     old = faiss_index._GRAM_MAX_NLIST
     faiss_index._GRAM_MAX_NLIST = 1  # force the NumPy path
     try:
         got_np = np.full(q.shape[0], -1, dtype=np.int64)
-        index.cell_lower_bounds(q, nearest=got_np)
+        low_np = index.cell_lower_bounds(q, nearest=got_np)
     finally:
         faiss_index._GRAM_MAX_NLIST = old
     assert np.array_equal(got_np, expect)
+    # The same bounds: the compiled path's 1/(2 nu) is float32 rounded down (relative 6e-8).
+    finite = np.isfinite(low_np)
+    assert np.array_equal(finite, np.isfinite(low)) and np.any(low[finite] > 0)
+    np.testing.assert_allclose(low[finite], low_np[finite], rtol=1e-6, atol=1e-12 * float(low_np[finite].max()))
+
+
+def test_marked_rows_compiled_and_numpy(seed):
+    """KNNScore's row count of marked cells: the compiled kernel and the NumPy fallback agree."""
+    from nnscore import backends as nb
+    from nnscore.scores import knn as knn_mod
+
+    rng = np.random.default_rng([seed, 61])
+    marked = (rng.uniform(size=(37, 1001)) < 0.02).astype(np.uint8)
+    marked[0] = 0
+    marked[1] = 1
+    cell_rows = rng.integers(0, 5000, size=1001).astype(np.int64)
+    expect = marked.astype(np.int64) @ cell_rows
+    assert np.array_equal(knn_mod._marked_rows(marked, cell_rows, 2), expect)
+    has_core = nb.HAS_CORE
+    nb.HAS_CORE = False
+    try:
+        assert np.array_equal(knn_mod._marked_rows(marked, cell_rows, 1), expect)
+    finally:
+        nb.HAS_CORE = has_core
 
 
 def test_ivf_first_probe_is_nearest_centroid_cell():

@@ -322,6 +322,17 @@ void bind_tail_sums(py::array_t<double> low2, py::array_t<double> log_mass, py::
   ivf_tail_sums(low2.data(), lm, sg, probed.data(), s.B, s.nlist, lt, lg, n_threads);
 }
 
+void bind_marked_rows(py::array_t<std::uint8_t> marked, py::array_t<std::int64_t> cell_rows,
+                      py::array_t<std::int64_t> rows, int n_threads) {
+  NNSCORE_CHECK(marked.ndim() == 2 && (marked.flags() & py::array::c_style),
+                "marked: expected a C-contiguous (B, nlist) uint8 array");
+  const index_t B = marked.shape(0), nlist = marked.shape(1);
+  const std::int64_t* cr = checked_index(cell_rows, "cell_rows", nlist);
+  std::int64_t* out = checked_out(rows, "rows", B);
+  py::gil_scoped_release release;
+  ivf_marked_rows(marked.data(), cr, B, nlist, out, n_threads);
+}
+
 }  // namespace
 
 void register_kernels(py::module_& m) {
@@ -353,6 +364,11 @@ void register_kernels(py::module_& m) {
         "cells of Pi_c exp(-low2 / 2 sigma^2) and Pi_c g(sqrt(low2)), rounded up.",
         py::arg("low2").noconvert(), py::arg("log_mass").noconvert(), py::arg("sigma").noconvert(),
         py::arg("probed").noconvert(), py::arg("log_t").noconvert(), py::arg("log_g").noconvert(),
+        py::arg("n_threads"));
+  m.def("ivf_marked_rows", &bind_marked_rows,
+        "ivf_marked_rows(marked, cell_rows, rows, n_threads): rows[b] = sum of cell_rows[c] over the cells\n"
+        "marked (nonzero) in row b of marked (B, nlist).",
+        py::arg("marked").noconvert(), py::arg("cell_rows").noconvert(), py::arg("rows").noconvert(),
         py::arg("n_threads"));
 }
 

@@ -149,3 +149,9 @@ def ivf_tail_sums(
     log_g: npt.NDArray[np.float64],
     n_threads: int,
 ) -> None: ...
+def ivf_marked_rows(
+    marked: npt.NDArray[np.uint8],
+    cell_rows: npt.NDArray[np.int64],
+    rows: npt.NDArray[np.int64],
+    n_threads: int,
+) -> None: ...

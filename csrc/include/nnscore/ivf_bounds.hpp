@@ -52,4 +52,9 @@ void ivf_select_cells(const double* low2, const double* log_mass, const double* 
 void ivf_tail_sums(const double* low2, const double* log_mass, const double* sigma, const std::uint8_t* probed,
                    index_t B, index_t nlist, double* log_t, double* log_g, int n_threads);
 
+/// rows[b] = sum of cell_rows[c] over the cells c with marked[b, c] != 0 (the rows a scan of the
+/// marked cells reads).
+void ivf_marked_rows(const std::uint8_t* marked, const std::int64_t* cell_rows, index_t B, index_t nlist,
+                     std::int64_t* rows, int n_threads);
+
 }  // namespace nnscore

@@ -153,6 +153,15 @@ def _select_cells(low2, log_mass, sigma, log_budget, cell_rows, row_budget, prob
     return np.zeros(low2.shape[0], dtype=bool)
 
 
+def _marked_rows(marked: np.ndarray, cell_rows: np.ndarray, n_threads: int) -> np.ndarray:
+    """(B,) int64: the rows of the cells marked in each row of ``marked`` ((B, nlist) uint8)."""
+    if _backends.HAS_CORE:
+        rows = np.empty(marked.shape[0], dtype=np.int64)
+        _backends._core.ivf_marked_rows(np.ascontiguousarray(marked, dtype=np.uint8), cell_rows, rows, n_threads)
+        return rows
+    return (marked.astype(np.float64) @ cell_rows.astype(np.float64)).astype(np.int64)  # exact below 2^53 rows
+
+
 def _tail_sums(low2, log_mass, sigma, probed, n_threads):
     """(log_t, log_g) over each query's unprobed cells (see nnscore/ivf_bounds.hpp)."""
     low2 = np.ascontiguousarray(low2, dtype=np.float64)
@@ -262,7 +271,7 @@ class KNNScore(ScoreModel):
                 mass = np.bincount(cell_of_row, weights=self._prior.w[order], minlength=sizes.size) * (1.0 + 1e-12)
             with np.errstate(divide="ignore"):
                 self._log_cell_mass = np.log(mass)
-            self._cell_sizes = sizes
+            self._cell_sizes = np.ascontiguousarray(sizes, dtype=np.int64)
             self.index.prepare_bounds()  # the one-off O(nlist^2 d) part, not in the first evaluation
 
     # ------------------------------------------------------------------ properties
@@ -604,7 +613,7 @@ class KNNScore(ScoreModel):
         if self.tol is not None:
             p, too_many = self._ivf_select(p, yb, sb, rho[rows], low2, probed, log_cut)
         log_t, log_g = _tail_sums(low2, self._log_cell_mass, sb, probed, self._threads(low2.size))
-        scanned = probed.astype(bool) @ self._cell_sizes
+        scanned = self._marked_rows(probed)
         b = self._finish_bounds(p, yb, sb, log_t, log_g, scanned, log_cut)
         ok = self._meets(b, eta[rows]) & ~too_many & np.isfinite(p.m)
         good = rows[ok]
@@ -633,7 +642,7 @@ class KNNScore(ScoreModel):
             before = probed.copy()
             hopeless = _select_cells(low2, self._log_cell_mass, sb, thr, self._cell_sizes, budget, probed,
                                      self._threads(low2.size))  # fmt: skip
-            over = probed.astype(bool) @ self._cell_sizes > budget
+            over = self._marked_rows(probed) > budget
             probed[over] = before[over]
             too_many = hopeless | over
             retry = attempt == 0 and bool(hopeless.any())
@@ -657,10 +666,14 @@ class KNNScore(ScoreModel):
         """Exact partial of each query over the rows of its selected cells ((B, nlist) mask),
         terms below (max - log_cut) skipped; top1 indexes the cell-sorted copy."""
         data = self.data
-        work = 4.0 * float(np.sum(cells.astype(bool) @ self._cell_sizes)) * data.dim
+        work = 4.0 * float(np.sum(self._marked_rows(cells))) * data.dim
         return _backends.partials_cells(self.backend, np.ascontiguousarray(yb), sb, self._cells, cells,
                                         self._threads(work), log_w_shift=data.log_w_shift,
                                         log_mass=data.log_mass, log_cut=log_cut)  # fmt: skip
+
+    def _marked_rows(self, cells: np.ndarray) -> np.ndarray:
+        """(B,) rows of the cells marked in ``cells`` ((B, nlist) uint8) per query."""
+        return _marked_rows(cells, self._cell_sizes, self._threads(float(cells.size)))
 
     def _cells_log_cut(self, rho) -> float:
         """The skip threshold of the IVF scans: the skipped terms (<= N of them, each below
@@ -696,7 +709,7 @@ class KNNScore(ScoreModel):
             p = dataclasses.replace(p, top1=self._original_rows(p.top1))
             low = np.maximum(low - moved[:, None], 0.0)
             log_t, log_g = _tail_sums(low * low, self._log_cell_mass, st[hits], cells, self._threads(low.size))
-            n_terms = cells.astype(bool) @ self._cell_sizes
+            n_terms = self._marked_rows(cells)
         else:
             ids_list = [e["ids"] for e in entries]
             n_terms = np.array([a.size for a in ids_list])
