@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Exact empirical score: nnscore vs peer baselines, measured in the same run.
 
-For every (d, N, M, sigma level) point: time (min of --repeats after a warm-up), GFLOP/s at
+For every (d, N, M, sigma level) point: time (min of --repeats after a warm-up; the methods
+take turns, one timed call each per round, so that a slow minute of a shared machine falls on
+all of them alike and the ratios stay comparable), GFLOP/s at
 4*M*N*d flops (2MNd distances + 2MNd weighted sums; skipped work is still counted, so
 GFLOP/s is an *effective* rate), the fraction of numpy's sgemm rate measured in this run,
 the accuracy of the float32 result against a float64 reference on the first --nref queries
@@ -41,7 +43,9 @@ def parse_args(argv=None):
     ap.add_argument("--baselines", default="numpy_gemm,torch_sdpa", help="comma list from impls.py ('' for none)")
     ap.add_argument("--baselines-dir", default=str(DEFAULT_BASELINES))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds (each method once per round)")
+    ap.add_argument("--settle", type=float, default=0.3,
+                    help="pause (s) before each timed call: idle BLAS/OpenMP workers of the previous method stop spinning")
     ap.add_argument("--max-run", type=float, default=20.0, help="skip points predicted slower than this (s)")
     ap.add_argument("--max-x-gb", type=float, default=4.0)
     ap.add_argument("--nref", type=int, default=16)
@@ -72,6 +76,26 @@ class NNScoreMethod:
         # lse of the baselines: logsumexp_i(-||y - x_i||^2 / (2 sigma^2))
         lse = res.log_density + math.log(self.N) + 0.5 * self.d * math.log(2 * math.pi * sigma * sigma)
         return res.denoised, lse
+
+
+def interleaved_bench(common, calls: dict, repeats: int, settle: float) -> dict:
+    """Time ``calls`` ({name: fn}) in turns: one warm-up each (its peak memory recorded, as
+    common.bench does), then ``repeats`` rounds of one timed call per method.  Returns {name:
+    dict(min, median, runs, peak_extra_mb, out)}."""
+    import statistics
+
+    out = {name: common.bench(fn, repeats=0, warmup=1, settle=settle) for name, fn in calls.items()}
+    times: dict = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            time.sleep(settle)
+            t0 = time.perf_counter()
+            out[name]["out"] = fn()
+            times[name].append(time.perf_counter() - t0)
+    for name, ts in times.items():
+        if ts:
+            out[name].update(min=min(ts), median=statistics.median(ts), runs=len(ts))
+    return out
 
 
 def main(argv=None):
@@ -120,22 +144,25 @@ def main(argv=None):
                     Dr, lr = common.reference_f64(X, Y[: args.nref], sig[lvl])
                     flops = common.score_flops(M, N, d)
                     rec = {"d": d, "N": N, "M": M, "sigma": lvl, "sigma_value": sig[lvl]}
+                    calls = {}
                     for meth in methods:
                         r = rate.get((meth.name, d))
                         if r and flops / r > args.max_run:
                             rec[f"{meth.name}_s"] = None
                             continue
-                        res = common.bench(lambda: meth.run(Y, sig[lvl]), repeats=args.repeats, warmup=1)
+                        calls[meth.name] = (lambda m=meth: m.run(Y, sig[lvl]))
+                    timed = interleaved_bench(common, calls, args.repeats, args.settle)
+                    for name, res in timed.items():
                         D, lse = res["out"]
                         D = np.asarray(D, dtype=np.float64)[: args.nref]
                         lse = np.asarray(lse, dtype=np.float64).reshape(-1)[: args.nref]
-                        rate[(meth.name, d)] = max(rate.get((meth.name, d), 0.0), flops / res["min"])
-                        rec[f"{meth.name}_s"] = res["min"]
-                        rec[f"{meth.name}_gflops"] = flops / res["min"] / 1e9
-                        rec[f"{meth.name}_errD"] = float(np.linalg.norm(D - Dr, axis=1).max() / R)
-                        rec[f"{meth.name}_errlogp"] = (float(np.abs(lse - lr).max())
-                                                       if np.all(np.isfinite(lse)) else None)
-                        if meth.name == "nnscore":
+                        rate[(name, d)] = max(rate.get((name, d), 0.0), flops / res["min"])
+                        rec[f"{name}_s"] = res["min"]
+                        rec[f"{name}_gflops"] = flops / res["min"] / 1e9
+                        rec[f"{name}_errD"] = float(np.linalg.norm(D - Dr, axis=1).max() / R)
+                        rec[f"{name}_errlogp"] = (float(np.abs(lse - lr).max())
+                                                  if np.all(np.isfinite(lse)) else None)
+                        if name == "nnscore":
                             rec["peak_mb"] = res["peak_extra_mb"]
                     rec["pct_sgemm"] = 100 * rec.get("nnscore_gflops", 0) / sgemm
                     for b in baselines:

@@ -55,7 +55,8 @@ const double* checked_vec(const py::array_t<double>& a, const char* name, index_
 template <class T>
 DenseProblem<T> dense_problem(const py::array_t<T>& y, const py::array_t<T>& x, const py::array_t<double>& x_half_sqnorm,
                               const std::optional<py::array_t<double>>& log_w, const py::array_t<T>* center,
-                              const py::array_t<double>& sigma, double x_radius, double fast_tol, double log_cut) {
+                              const py::array_t<double>& sigma, double x_radius, double fast_tol, double log_cut,
+                              const std::optional<py::array_t<std::uint8_t>>& row_repeats) {
   NNSCORE_CHECK(y.ndim() == 2 && x.ndim() == 2, "y and x must be 2-d");
   const index_t M = y.shape(0), N = x.shape(0), d = x.shape(1);
   DenseProblem<T> P;
@@ -77,6 +78,11 @@ DenseProblem<T> dense_problem(const py::array_t<T>& y, const py::array_t<T>& x, 
   P.x_radius = x_radius;
   P.fast_tol = fast_tol;
   P.log_cut = log_cut;
+  if (row_repeats) {
+    NNSCORE_CHECK(row_repeats->ndim() == 1 && row_repeats->shape(0) == N && (row_repeats->flags() & py::array::c_style),
+                  "row_repeats: expected a C-contiguous (" << N << ",) uint8 array");
+    P.row_repeats = row_repeats->data();
+  }
   return P;
 }
 
@@ -85,8 +91,9 @@ void bind_dense(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_s
                 std::optional<py::array_t<double>> log_w, py::array_t<T> center, py::array_t<double> sigma, py::array_t<double> m,
                 py::array_t<double> z, py::array_t<double> v, py::array_t<double> q, py::array_t<double> z2,
                 py::array_t<std::int64_t> top1, py::array_t<std::int64_t> n_exact, double x_radius, double fast_tol,
-                double log_cut, int n_threads, int simd_level) {
-  const DenseProblem<T> P = dense_problem(y, x, x_half_sqnorm, log_w, &center, sigma, x_radius, fast_tol, log_cut);
+                double log_cut, int n_threads, int simd_level, std::optional<py::array_t<std::uint8_t>> row_repeats) {
+  const DenseProblem<T> P =
+      dense_problem(y, x, x_half_sqnorm, log_w, &center, sigma, x_radius, fast_tol, log_cut, row_repeats);
   const index_t M = P.M, d = P.d;
   DenseOutput out{checked_out(m, "m", M), checked_out(z, "z", M),   checked_out(v, "v", M, d),
                   checked_out(q, "q", M), checked_out(z2, "z2", M), checked_out(top1, "top1", M),
@@ -101,8 +108,9 @@ void bind_third_moments(py::array_t<T> y, py::array_t<T> x, py::array_t<double> 
                         std::optional<py::array_t<double>> log_w, py::array_t<T> center, py::array_t<double> sigma,
                         py::array_t<double> known_max, py::array_t<double> moment_center, py::array_t<double> t,
                         py::array_t<double> g, py::array_t<double> z, double x_radius, double fast_tol,
-                        double log_cut, int n_threads, int simd_level) {
-  DenseProblem<T> P = dense_problem(y, x, x_half_sqnorm, log_w, &center, sigma, x_radius, fast_tol, log_cut);
+                        double log_cut, int n_threads, int simd_level,
+                        std::optional<py::array_t<std::uint8_t>> row_repeats) {
+  DenseProblem<T> P = dense_problem(y, x, x_half_sqnorm, log_w, &center, sigma, x_radius, fast_tol, log_cut, row_repeats);
   const index_t M = P.M, d = P.d;
   P.known_max = checked_vec<T>(known_max, "known_max", M);
   NNSCORE_CHECK(moment_center.ndim() == 2 && moment_center.shape(0) == M && moment_center.shape(1) == d &&
@@ -123,28 +131,30 @@ template <class T>
 void def_dense(py::module_& m, const char* name) {
   m.def(name, &bind_dense<T>,
         "partials_dense_{f32,f64}(y, x, x_half_sqnorm, log_w, center, sigma, m, z, v, q, z2, top1, n_exact,\n"
-        "    x_radius, fast_tol, log_cut, n_threads, simd_level)\n\n"
+        "    x_radius, fast_tol, log_cut, n_threads, simd_level, row_repeats=None)\n\n"
         "Exact streaming log-sum-exp partials of every query over all training points, written\n"
-        "into the preallocated float64/int64 outputs. Inputs are not converted or copied.",
+        "into the preallocated float64/int64 outputs. Inputs are not converted or copied.\n"
+        "row_repeats (N,) uint8, optional: row j equals row j - 1 (runs share exact distances).",
         py::arg("y").noconvert(), py::arg("x").noconvert(), py::arg("x_half_sqnorm").noconvert(),
         py::arg("log_w").noconvert(), py::arg("center").noconvert(), py::arg("sigma").noconvert(),
         py::arg("m").noconvert(), py::arg("z").noconvert(), py::arg("v").noconvert(), py::arg("q").noconvert(),
         py::arg("z2").noconvert(), py::arg("top1").noconvert(), py::arg("n_exact").noconvert(), py::arg("x_radius"),
-        py::arg("fast_tol"), py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"));
+        py::arg("fast_tol"), py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"),
+        py::arg("row_repeats").noconvert() = py::none());
 }
 
 template <class T>
 void def_third_moments(py::module_& m, const char* name) {
   m.def(name, &bind_third_moments<T>,
         "third_moments_dense_{f32,f64}(y, x, x_half_sqnorm, log_w, center, sigma, known_max, moment_center,\n"
-        "    t, g, z, x_radius, fast_tol, log_cut, n_threads, simd_level)\n\n"
+        "    t, g, z, x_radius, fast_tol, log_cut, n_threads, simd_level, row_repeats=None)\n\n"
         "Second pass of the dense reduction with the max logit known: with w = exp(l - known_max) and\n"
         "g = ||x - c||^2 (c = moment_center[i]), writes t = sum w g (x - c), g = sum w g, z = sum w.",
         py::arg("y").noconvert(), py::arg("x").noconvert(), py::arg("x_half_sqnorm").noconvert(),
         py::arg("log_w").noconvert(), py::arg("center").noconvert(), py::arg("sigma").noconvert(),
         py::arg("known_max").noconvert(), py::arg("moment_center").noconvert(), py::arg("t").noconvert(),
         py::arg("g").noconvert(), py::arg("z").noconvert(), py::arg("x_radius"), py::arg("fast_tol"),
-        py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"));
+        py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"), py::arg("row_repeats").noconvert() = py::none());
 }
 
 const std::int64_t* checked_index(const py::array_t<std::int64_t>& a, const char* name, index_t n) {
@@ -209,8 +219,10 @@ void bind_cells(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_s
                 py::array_t<std::int64_t> cell_offsets, py::array_t<T> cell_centers, py::array_t<double> cell_radii,
                 py::array_t<double> m, py::array_t<double> z, py::array_t<double> v, py::array_t<double> q,
                 py::array_t<double> z2, py::array_t<std::int64_t> top1, py::array_t<std::int64_t> n_exact,
-                double fast_tol, double log_cut, int n_threads, int simd_level) {
-  const DenseProblem<T> P = dense_problem<T>(y, x, x_half_sqnorm, log_w, nullptr, sigma, 0.0, fast_tol, log_cut);
+                double fast_tol, double log_cut, int n_threads, int simd_level,
+                std::optional<py::array_t<std::uint8_t>> row_repeats) {
+  const DenseProblem<T> P =
+      dense_problem<T>(y, x, x_half_sqnorm, log_w, nullptr, sigma, 0.0, fast_tol, log_cut, row_repeats);
   const index_t M = P.M, d = P.d;
   NNSCORE_CHECK(probed.ndim() == 2 && probed.shape(0) == M && (probed.flags() & py::array::c_style),
                 "probed: expected a C-contiguous (" << M << ", n_cells) uint8 array");
@@ -237,7 +249,8 @@ template <class T>
 void def_cells(py::module_& m, const char* name) {
   m.def(name, &bind_cells<T>,
         "partials_cells_{f32,f64}(y, x, x_half_sqnorm, log_w, sigma, probed, cell_offsets, cell_centers,\n"
-        "    cell_radii, m, z, v, q, z2, top1, n_exact, fast_tol, log_cut, n_threads, simd_level)\n\n"
+        "    cell_radii, m, z, v, q, z2, top1, n_exact, fast_tol, log_cut, n_threads, simd_level,\n"
+        "    row_repeats=None)\n\n"
         "Partials of query i over the rows of the cells c with probed[i, c] != 0 of a cell-sorted x\n"
         "(cell c: rows [cell_offsets[c], cell_offsets[c+1]), products about cell_centers[c], radius\n"
         "cell_radii[c]; x_half_sqnorm about each row's cell centre), through the dense tile kernel one\n"
@@ -247,7 +260,7 @@ void def_cells(py::module_& m, const char* name) {
         py::arg("cell_offsets").noconvert(), py::arg("cell_centers").noconvert(), py::arg("cell_radii").noconvert(),
         py::arg("m").noconvert(), py::arg("z").noconvert(), py::arg("v").noconvert(), py::arg("q").noconvert(),
         py::arg("z2").noconvert(), py::arg("top1").noconvert(), py::arg("n_exact").noconvert(), py::arg("fast_tol"),
-        py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"));
+        py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"), py::arg("row_repeats").noconvert() = py::none());
 }
 
 void bind_ivf_bounds(py::array_t<double> G, py::array_t<double> qn, py::array_t<double> cn, py::array_t<double> radii,

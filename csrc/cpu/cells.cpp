@@ -138,6 +138,7 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
       S.N = piece_r1[pc] - r0;
       S.x_half_sqnorm = P.x_half_sqnorm + r0;
       S.log_w = P.log_w ? P.log_w + r0 : nullptr;
+      S.row_repeats = P.row_repeats ? P.row_repeats + r0 : nullptr;
       S.center = cell_centers + c * d;
       S.x_radius = cell_radii[c];
       const DenseOutput po = part.view();

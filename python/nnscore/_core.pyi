@@ -22,6 +22,7 @@ def partials_dense_f32(
     log_cut: float,
     n_threads: int,
     simd_level: int,
+    row_repeats: npt.NDArray[np.uint8] | None = ...,
 ) -> None: ...
 def partials_dense_f64(
     y: npt.NDArray[np.float64],
@@ -42,6 +43,7 @@ def partials_dense_f64(
     log_cut: float,
     n_threads: int,
     simd_level: int,
+    row_repeats: npt.NDArray[np.uint8] | None = ...,
 ) -> None: ...
 def partials_segments_f32(
     y: npt.NDArray[np.float32],
@@ -79,6 +81,52 @@ def partials_segments_f64(
     n_threads: int,
     simd_level: int,
 ) -> None: ...
+def partials_cells_f32(
+    y: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32],
+    x_half_sqnorm: npt.NDArray[np.float64],
+    log_w: npt.NDArray[np.float64] | None,
+    sigma: npt.NDArray[np.float64],
+    probed: npt.NDArray[np.uint8],
+    cell_offsets: npt.NDArray[np.int64],
+    cell_centers: npt.NDArray[np.float32],
+    cell_radii: npt.NDArray[np.float64],
+    m: npt.NDArray[np.float64],
+    z: npt.NDArray[np.float64],
+    v: npt.NDArray[np.float64],
+    q: npt.NDArray[np.float64],
+    z2: npt.NDArray[np.float64],
+    top1: npt.NDArray[np.int64],
+    n_exact: npt.NDArray[np.int64],
+    fast_tol: float,
+    log_cut: float,
+    n_threads: int,
+    simd_level: int,
+    row_repeats: npt.NDArray[np.uint8] | None = ...,
+) -> None: ...
+def partials_cells_f64(
+    y: npt.NDArray[np.float64],
+    x: npt.NDArray[np.float64],
+    x_half_sqnorm: npt.NDArray[np.float64],
+    log_w: npt.NDArray[np.float64] | None,
+    sigma: npt.NDArray[np.float64],
+    probed: npt.NDArray[np.uint8],
+    cell_offsets: npt.NDArray[np.int64],
+    cell_centers: npt.NDArray[np.float64],
+    cell_radii: npt.NDArray[np.float64],
+    m: npt.NDArray[np.float64],
+    z: npt.NDArray[np.float64],
+    v: npt.NDArray[np.float64],
+    q: npt.NDArray[np.float64],
+    z2: npt.NDArray[np.float64],
+    top1: npt.NDArray[np.int64],
+    n_exact: npt.NDArray[np.int64],
+    fast_tol: float,
+    log_cut: float,
+    n_threads: int,
+    simd_level: int,
+    row_repeats: npt.NDArray[np.uint8] | None = ...,
+) -> None: ...
 def third_moments_dense_f32(
     y: npt.NDArray[np.float32],
     x: npt.NDArray[np.float32],
@@ -96,6 +144,7 @@ def third_moments_dense_f32(
     log_cut: float,
     n_threads: int,
     simd_level: int,
+    row_repeats: npt.NDArray[np.uint8] | None = ...,
 ) -> None: ...
 def third_moments_dense_f64(
     y: npt.NDArray[np.float64],
@@ -114,6 +163,7 @@ def third_moments_dense_f64(
     log_cut: float,
     n_threads: int,
     simd_level: int,
+    row_repeats: npt.NDArray[np.uint8] | None = ...,
 ) -> None: ...
 def ivf_cell_bounds(
     G: npt.NDArray[np.float64],

@@ -49,6 +49,9 @@ struct DenseProblem {
   double log_cut = 0.0;   ///< skip terms whose logit is below (running max - log_cut)
   const double* moment_center = nullptr;  ///< (M, d) c per query: third-moment mode, or null
   const double* known_max = nullptr;      ///< (M,) max logit of each query (third-moment mode)
+  /// (N,) optional: row_repeats[j] != 0 when row j equals row j - 1 (value-wise).  Runs of
+  /// identical rows then share one float64 distance in the exact recompute; null: no runs.
+  const std::uint8_t* row_repeats = nullptr;
 };
 
 /// Structure-of-arrays outputs: one partial per query (see online_softmax.hpp).

@@ -61,6 +61,14 @@ FAST_TOL = {np.dtype(np.float32): 5e-6, np.dtype(np.float64): 1e-13}
 SKIP_MARGIN = {np.dtype(np.float32): 25.0, np.dtype(np.float64): 40.0}
 
 
+def _mark_repeats(rows: np.ndarray, before: np.ndarray | None, out: np.ndarray) -> None:
+    """out[j] = 1 where rows[j] equals the row before it (``before`` precedes rows[0])."""
+    if rows.shape[0] > 1:
+        out[1:] = np.all(rows[1:] == rows[:-1], axis=1)
+    if before is not None and rows.shape[0]:
+        out[0] = np.array_equal(rows[0], before)
+
+
 @dataclass(frozen=True, eq=False)
 class TrainingData:
     """A training set prepared once per model: O(N) float64 side arrays, no copy of the points.
@@ -70,6 +78,8 @@ class TrainingData:
     ``||x_i - center||^2 / 2`` in float64; ``radius`` = max ||x_i - center||; ``log_w`` is
     ``log pi_i - log_w_shift`` with ``log_w_shift = max log pi`` (None for unit weights, the
     kernels then see log pi_i = 0), and ``log_mass`` = log sum pi_i (unnormalised).
+    ``row_repeats`` (N,) uint8 marks the rows equal to the row before them (None if there are
+    none): the compiled kernels compute one exact distance per run of such rows.
     """
 
     points: np.ndarray
@@ -79,6 +89,7 @@ class TrainingData:
     log_w: np.ndarray | None
     log_mass: float
     log_w_shift: float = 0.0
+    row_repeats: np.ndarray | None = None
 
     @classmethod
     def prepare(cls, points: np.ndarray, weights: np.ndarray | None = None, chunk_rows: int = 16384):
@@ -90,17 +101,21 @@ class TrainingData:
         center = (center64 / n).astype(points.dtype)
         c = center.astype(np.float64)
         half_sqnorm = np.empty(n)
+        repeats = np.zeros(n, dtype=np.uint8)
         for start in range(0, n, chunk_rows):
-            block = points[start : start + chunk_rows].astype(np.float64) - c
+            rows = points[start : start + chunk_rows]
+            block = rows.astype(np.float64) - c
             half_sqnorm[start : start + chunk_rows] = 0.5 * np.einsum("ij,ij->i", block, block)
+            _mark_repeats(rows, points[start - 1] if start else None, repeats[start : start + chunk_rows])
         radius = float(np.sqrt(2.0 * half_sqnorm.max()))
+        repeats = repeats if repeats.any() else None
         if weights is None:
-            return cls(points, center, half_sqnorm, radius, None, float(np.log(n)))
+            return cls(points, center, half_sqnorm, radius, None, float(np.log(n)), row_repeats=repeats)
         with np.errstate(divide="ignore"):
             log_pi = np.log(np.asarray(weights, dtype=np.float64))
         shift = float(log_pi.max())
         return cls(points, center, half_sqnorm, radius, log_pi - shift,
-                   float(np.log(np.sum(weights, dtype=np.float64))), shift)
+                   float(np.log(np.sum(weights, dtype=np.float64))), shift, repeats)
 
     @property
     def n_points(self) -> int:
@@ -235,7 +250,7 @@ def partials_dense(
             y, data.points, data.half_sqnorm, data.log_w, data.center, sigma,
             m, z, v, q, z2, top1, n_exact,
             data.radius, min(FAST_TOL[data.points.dtype], fast_tol or np.inf), skip_log_cut(data.n_points, data.points.dtype),
-            n_threads, simd_level() if level is None else level,
+            n_threads, simd_level() if level is None else level, data.row_repeats,
         )  # fmt: skip
         if diagnostics is not None:
             diagnostics["n_exact"] = n_exact
@@ -379,6 +394,7 @@ def partials_cells(
         m, z, v, q, z2, top1, n_exact, 0.0, skip_log_cut(points.shape[0], points.dtype) if log_cut is None else log_cut,
         n_threads,
         simd_level() if level is None else level,
+        cells.row_repeats,
     )  # fmt: skip
     return Partial(m=m + log_w_shift, z=z, v=v, q=q, z2=z2, top1=top1, log_mass=log_mass)
 
@@ -389,8 +405,9 @@ class CellSortedData:
 
     ``points`` (N, D) and ``log_w`` are in cell order; cell c owns rows ``offsets[c] ..
     offsets[c+1]-1`` and has centre ``centers[c]`` (its mean rounded to the points' dtype),
-    ``radii[c]`` >= max ||x - centers[c]|| over its rows, and ``half_sqnorm[j]`` =
-    ||x_j - centre of j's cell||^2 / 2 (float64)."""
+    ``radii[c]`` >= max ||x - centers[c]|| over its rows, ``half_sqnorm[j]`` =
+    ||x_j - centre of j's cell||^2 / 2 (float64), and ``row_repeats`` as for
+    :class:`TrainingData` (duplicates of a cell mostly sit together in cell order)."""
 
     points: np.ndarray
     log_w: np.ndarray | None
@@ -398,6 +415,7 @@ class CellSortedData:
     centers: np.ndarray
     radii: np.ndarray
     half_sqnorm: np.ndarray
+    row_repeats: np.ndarray | None = None
 
     @classmethod
     def build(cls, points: np.ndarray, log_w: np.ndarray | None, offsets: np.ndarray,
@@ -416,15 +434,19 @@ class CellSortedData:
             sums[cs] = np.add.reduceat(points[r0:r1].astype(np.float64), offsets[cs] - r0, axis=0)
         centers = (sums / np.maximum(sizes, 1)[:, None]).astype(points.dtype)
         half_sqnorm = np.empty(n)
+        repeats = np.zeros(n, dtype=np.uint8)
         for s in range(0, n, chunk_rows):
-            diff = points[s : s + chunk_rows].astype(np.float64) - centers[cell_of_row[s : s + chunk_rows]]
+            rows = points[s : s + chunk_rows]
+            diff = rows.astype(np.float64) - centers[cell_of_row[s : s + chunk_rows]]
             half_sqnorm[s : s + chunk_rows] = 0.5 * np.einsum("ij,ij->i", diff, diff)
+            _mark_repeats(rows, points[s - 1] if s else None, repeats[s : s + chunk_rows])
         top = np.zeros(sizes.size)
         if full.size:
             top[full] = np.maximum.reduceat(half_sqnorm, offsets[full])
         # float64 rounding of the squared distances (<= (D + 2) u64 relative) covered with room
         radii = np.sqrt(2.0 * top) * (1.0 + 1e-12)
-        return cls(points, log_w, offsets, np.ascontiguousarray(centers), radii, half_sqnorm)
+        return cls(points, log_w, offsets, np.ascontiguousarray(centers), radii, half_sqnorm,
+                   repeats if repeats.any() else None)
 
 
 def skip_log_cut(n_points: int, dtype) -> float:
@@ -468,7 +490,7 @@ def third_moments(
         kernel(
             y, data.points, data.half_sqnorm, data.log_w, data.center, np.ascontiguousarray(sigma, dtype=np.float64),
             max_logit, center, t, g, z, data.radius, FAST_TOL[data.points.dtype], log_cut,
-            n_threads, simd_level() if level is None else level,
+            n_threads, simd_level() if level is None else level, data.row_repeats,
         )  # fmt: skip
         # the kernel's weights are relative to the max logit; the first pass's z normalises them
         return t / p.z[:, None], g / p.z
