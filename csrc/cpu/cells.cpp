@@ -2,6 +2,7 @@
 #include "nnscore/cells.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -29,6 +30,22 @@ struct PartialBuffer {
   DenseOutput view() { return DenseOutput{m.data(), z.data(), v.data(), q.data(), z2.data(), top1.data(), n_exact.data()}; }
 };
 
+// Calls f(c) for each c with row[c] != 0, in order; a query marks few of the cells, so eight
+// unmarked ones are skipped at once.
+template <class F>
+void for_marked(const std::uint8_t* row, index_t n, F&& f) {
+  index_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    std::uint64_t word;
+    std::memcpy(&word, row + c, 8);
+    if (word == 0) continue;
+    for (index_t k = c; k < c + 8; ++k)
+      if (row[k]) f(k);
+  }
+  for (; c < n; ++c)
+    if (row[c]) f(c);
+}
+
 PartialRef ref(const DenseOutput& o, index_t i, index_t d) {
   return PartialRef{o.m + i, o.z + i, o.v + i * d, o.q + i, o.z2 + i, o.top1 + i};
 }
@@ -54,10 +71,8 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
 
   // Cell -> queries (CSR, queries ascending), cells with rows and at least one query only.
   std::vector<index_t> count(n_cells, 0);
-  for (index_t i = 0; i < M; ++i) {
-    const std::uint8_t* row = probed + i * n_cells;
-    for (index_t c = 0; c < n_cells; ++c) count[c] += row[c] != 0;
-  }
+  for (index_t i = 0; i < M; ++i)
+    for_marked(probed + i * n_cells, n_cells, [&](index_t c) { ++count[c]; });
   // Work pieces: (cell, row range), a large cell split so that no piece dominates a thread.
   constexpr index_t kPieceRows = 4096;
   std::vector<index_t> cells, ptr{0}, piece_cell, piece_r0, piece_r1, piece_slot;
@@ -81,11 +96,10 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
   std::vector<index_t> slot(n_cells, -1);
   for (index_t k = 0; k < n_used; ++k) slot[cells[k]] = k;
   std::vector<index_t> members(ptr.back()), fill(ptr.begin(), ptr.end() - 1);
-  for (index_t i = 0; i < M; ++i) {
-    const std::uint8_t* row = probed + i * n_cells;
-    for (index_t c = 0; c < n_cells; ++c)
-      if (row[c] && slot[c] >= 0) members[fill[slot[c]]++] = i;
-  }
+  for (index_t i = 0; i < M; ++i)
+    for_marked(probed + i * n_cells, n_cells, [&](index_t c) {
+      if (slot[c] >= 0) members[fill[slot[c]]++] = i;
+    });
 
   // Contiguous chunks of pieces of about equal work; chunk 0 accumulates into `out`.
   double total = 0;

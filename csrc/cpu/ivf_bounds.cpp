@@ -6,6 +6,7 @@
 #include <utility>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -92,34 +93,62 @@ void ivf_cell_bounds(const IvfBoundsProblem& P, double* out, int n_threads) {
 
 namespace nnscore {
 
+// Tail terms below e^-kFaint of the reference (the budget, or the largest term) are not
+// exponentiated: each is bounded by e^-kFaint, so their count times that bounds their sum from
+// above (at most nlist e^-40 ~ 1e-14 relative for nlist <= 10^4, far below what matters).
+constexpr double kFaint = 40.0;
+
+namespace {
+
+// t[c] = log_mass[c] - l2[c] inv (-inf for empty cells); returns how many unprobed, non-empty
+// cells have t[c] < faint.  Vectorised (and cloned per ISA): every query scans every cell.
+NNSCORE_ELEMENTWISE_CLONES
+index_t tail_logits(const double* __restrict l2, const double* __restrict log_mass, double inv,
+                    const std::uint8_t* __restrict probed, double faint, index_t nlist, double* __restrict t) {
+  constexpr double ninf = -std::numeric_limits<double>::infinity();
+  index_t n = 0;
+  for (index_t c = 0; c < nlist; ++c) {
+    const double v = log_mass[c] - l2[c] * inv;
+    t[c] = v;
+    n += (probed[c] == 0) & (v < faint) & (v != ninf);
+  }
+  return n;
+}
+
+}  // namespace
+
 void ivf_select_cells(const double* low2, const double* log_mass, const double* sigma, const double* log_budget,
                       const std::int64_t* cell_rows, double row_budget, index_t B, index_t nlist,
                       std::uint8_t* probed, std::uint8_t* over_budget, int n_threads) {
-  constexpr double ninf = -std::numeric_limits<double>::infinity();
-  std::vector<std::vector<std::pair<double, index_t>>> scratch(static_cast<std::size_t>(std::max(1, n_threads)));
+  const std::size_t n_workers = static_cast<std::size_t>(std::max(1, n_threads));
+  std::vector<std::vector<std::pair<double, index_t>>> scratch(n_workers);
+  std::vector<std::vector<double>> logits(n_workers, std::vector<double>(nlist));
   parallel_for(B, n_threads, [&](index_t b, int w) {
     const double inv = 0.5 / (sigma[b] * sigma[b]), lb = log_budget[b];
-    const double* l2 = low2 + b * nlist;
     std::uint8_t* pr = probed + b * nlist;
     // Cells below budget / nlist stay out whatever happens (their total is below the budget);
     // the others are left out smallest first while the running total fits, the rest probed.
-    const double cut = lb - std::log(static_cast<double>(nlist));
+    // Faint cells (below e^-kFaint of the budget, so below the cut too: nlist < e^kFaint) are
+    // counted, not exponentiated.
+    const double cut = lb - std::log(static_cast<double>(nlist)), faint = lb - kFaint;
+    double* t = logits[w].data();
+    const index_t n_faint = tail_logits(low2 + b * nlist, log_mass, inv, pr, faint, nlist, t);
     auto& cand = scratch[w];
     cand.clear();
-    double total = 0;  // relative to the budget
+    double total = static_cast<double>(n_faint) * std::exp(-kFaint);  // relative to the budget; bounds the faint
     double must_rows = 0;  // rows of probed cells and of cells that alone exceed the budget
     for (index_t c = 0; c < nlist; ++c) {
       if (pr[c]) {
         must_rows += static_cast<double>(cell_rows[c]);
         continue;
       }
-      const double t = log_mass[c] - l2[c] * inv;  // -inf for empty cells
-      if (t == ninf) continue;
-      if (t <= cut) {
-        if (t - lb > -746.0) total += std::exp(t - lb);  // below that exp is 0 anyway
+      const double tc = t[c];
+      if (!(tc >= faint)) continue;  // faint (counted above) or empty (-inf)
+      if (tc <= cut) {
+        total += std::exp(tc - lb);
       } else {
-        cand.emplace_back(t, c);
-        if (t > lb) must_rows += static_cast<double>(cell_rows[c]);
+        cand.emplace_back(tc, c);
+        if (tc > lb) must_rows += static_cast<double>(cell_rows[c]);
       }
     }
     over_budget[b] = must_rows > row_budget;
@@ -173,11 +202,22 @@ void ivf_tail_sums(const double* low2, const double* log_mass, const double* sig
       mg = std::max(mg, g[n]);
       ++n;
     }
+    // Terms below e^-kFaint of their max are counted (an upper bound of their sum), not summed.
     double st = 0, sg = 0;
+    index_t faint_t = 0, faint_g = 0;
     for (index_t i = 0; i < n; ++i) {
-      st += std::exp(t[i] - mt);
-      sg += std::exp(g[i] - mg);
+      const double et = t[i] - mt, eg = g[i] - mg;
+      if (et < -kFaint)
+        ++faint_t;
+      else
+        st += std::exp(et);
+      if (eg < -kFaint)
+        ++faint_g;
+      else
+        sg += std::exp(eg);
     }
+    st += static_cast<double>(faint_t) * std::exp(-kFaint);
+    sg += static_cast<double>(faint_g) * std::exp(-kFaint);
     // sums of positive terms: relative rounding <= nlist u, covered by a (1 + 2 nlist u) factor
     const double up = std::log1p(2.0 * static_cast<double>(nlist) * 1.1102230246251565e-16);
     log_t[b] = mt + std::log(st) + up;
@@ -190,7 +230,14 @@ void ivf_marked_rows(const std::uint8_t* marked, const std::int64_t* cell_rows, 
   parallel_for(B, n_threads, [&](index_t b, int) {
     const std::uint8_t* mk = marked + b * nlist;
     std::int64_t total = 0;
-    for (index_t c = 0; c < nlist; ++c) total += mk[c] ? cell_rows[c] : 0;
+    index_t c = 0;
+    for (; c + 8 <= nlist; c += 8) {  // few cells are marked: skip eight unmarked ones at once
+      std::uint64_t word;
+      std::memcpy(&word, mk + c, 8);
+      if (word == 0) continue;
+      for (index_t k = c; k < c + 8; ++k) total += mk[k] ? cell_rows[k] : 0;
+    }
+    for (; c < nlist; ++c) total += mk[c] ? cell_rows[c] : 0;
     rows[b] = total;
   });
 }

@@ -48,7 +48,8 @@ void ivf_select_cells(const double* low2, const double* log_mass, const double* 
                       std::uint8_t* probed, std::uint8_t* over_budget, int n_threads);
 
 /// Over the unprobed cells of each query: log_t = log sum_c Pi_c exp(-L_c^2 / 2s^2) and
-/// log_g = log sum_c Pi_c g(L_c) (science.md §3.2 (i)-(iii) with per-cell radii), rounded up.
+/// log_g = log sum_c Pi_c g(L_c) (science.md §3.2 (i)-(iii) with per-cell radii), rounded up
+/// (terms below e^-40 of the largest are bounded by that, not evaluated).
 void ivf_tail_sums(const double* low2, const double* log_mass, const double* sigma, const std::uint8_t* probed,
                    index_t B, index_t nlist, double* log_t, double* log_g, int n_threads);
 
