@@ -571,6 +571,36 @@ def _simd_levels() -> list[int]:
     return list(range(int(nb._core.build_info()["simd_detected_index"]) + 1))
 
 
+def _assert_every_level_matches(points, y, sigma, data, dtype, label, weights=None, cond=0.0):
+    """The cpp kernel at every SIMD level, on 1 and 2 threads, against the reference backend:
+    1e-5 R (float32) or 1e-10 R + 100 eps |D - y| (float64) on D, as test_parity_grid, plus
+    2 R ``cond`` (the logit conditioning, 16 eps max |logit|); the log-sum-exp; n_eff and
+    max_weight to 1e-4 / 1e-9 relative plus 4 ``cond``; top1 a near-argmax where it differs
+    from the reference's."""
+    R = data.radius
+    ref = finalize_partial(nb.partials_dense("reference", y, sigma, data, 1))
+    if dtype == np.float32:
+        tol, tol_lse = 1e-5 * R, 1e-6 * np.abs(ref.lse) + 1e-5
+    else:
+        tol = 1e-10 * R + 100 * EPS64 * np.linalg.norm(ref.delta, axis=1)
+        tol_lse = 1e-12 * np.abs(ref.lse) + 1e-12
+    rtol = (1e-4 if dtype == np.float32 else 1e-9) + 4 * cond
+    for level in _simd_levels():
+        for n_threads in (1, 2):
+            got = finalize_partial(nb.partials_dense("cpp", y, sigma, data, n_threads, level=level))
+            what = f"level={nb.SIMD_LEVELS[level]} threads={n_threads} {label}"
+            err = np.linalg.norm(got.delta - ref.delta, axis=1)
+            assert np.all(err <= tol + 2 * R * cond), f"{what}: denoiser error {err.max():.3e}"
+            assert np.all(np.abs(got.lse - ref.lse) <= tol_lse), f"{what}: log-sum-exp"
+            assert_within(got.n_eff, ref.n_eff, rtol * ref.n_eff, f"{what}: n_eff")
+            assert_within(got.max_weight, ref.max_weight, rtol * ref.max_weight, f"{what}: max_weight")
+            diff = got.top1 != ref.top1
+            if diff.any():  # only near-ties may differ
+                logits = ref_f64(points, y[diff], sigma[diff], weights=weights)["logits"]
+                tie = 1e-5 if dtype == np.float32 else 1e-12 * np.abs(logits.max(axis=1))
+                assert _top1_ok(got.top1[diff], logits, tie).all(), what
+
+
 @pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("d", [1, 3, 5, 16, 17, 33, 64, 100])
@@ -585,28 +615,7 @@ def test_cpp_every_simd_level_matches_reference(dtype, d, seed):
     y[-3:] = points.astype(np.float64).mean(axis=0) + 100 * R  # far away: selection path
     for f in (1e-3, 0.3, 3.0, 1e3):  # exact (difference-form) path at small sigma, GEMM form at large
         sigma = f * s * (1.0 + rng.uniform(size=m))
-        ref = finalize_partial(nb.partials_dense("reference", y, sigma, data, 1))
-        for level in _simd_levels():
-            for n_threads in (1, 2):
-                got = finalize_partial(nb.partials_dense("cpp", y, sigma, data, n_threads, level=level))
-                what = f"level={nb.SIMD_LEVELS[level]} threads={n_threads} sigma={f}s"
-                err = np.linalg.norm(got.delta - ref.delta, axis=1)
-                # As test_parity_grid: 1e-5 R for float32, 1e-10 R (+ |D - y| eps) for float64.
-                if dtype == np.float32:
-                    tol = 1e-5 * R
-                    tol_lse = 1e-6 * np.abs(ref.lse) + 1e-5
-                else:
-                    tol = 1e-10 * R + 100 * EPS64 * np.linalg.norm(ref.delta, axis=1)
-                    tol_lse = 1e-12 * np.abs(ref.lse) + 1e-12
-                assert np.all(err <= tol), f"{what}: denoiser error {err.max():.3e}"
-                assert np.all(np.abs(got.lse - ref.lse) <= tol_lse), f"{what}: log-sum-exp"
-                assert_allclose(got.n_eff, ref.n_eff, rtol=1e-4 if dtype == np.float32 else 1e-9,
-                                err_msg=what)
-                diff = got.top1 != ref.top1
-                if diff.any():  # only near-ties may differ
-                    logits = ref_f64(points, y[diff], sigma[diff])["logits"]
-                    tie = 1e-5 if dtype == np.float32 else 1e-12 * np.abs(logits.max(axis=1))
-                    assert _top1_ok(got.top1[diff], logits, tie).all(), what
+        _assert_every_level_matches(points, y, sigma, data, dtype, f"sigma={f}s")
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 7, 16384])
@@ -664,32 +673,14 @@ def test_cpp_adjacent_duplicate_runs(dtype, d, seed):
         data = nb.TrainingData.prepare(points, weights=w)
         for f in (1e-4, 1e-2, 0.3, 3.0):
             sigma = f * s * (1.0 + rng.uniform(size=m))
-            ref = finalize_partial(nb.partials_dense("reference", y, sigma, data, 1))
-            oracle = ref_f64(points, y, sigma, weights=w)
-            logits = oracle["logits"]
             # float64 logits of size |l| carry ~eps |l| of rounding (midpoints at tiny sigma: the
             # two runs' weights move by that much), as in assert_matches_oracle.
-            cond = 16 * EPS64 * _logit_range(oracle)
-            for level in _simd_levels():
-                for n_threads in (1, 2):
-                    got = finalize_partial(nb.partials_dense("cpp", y, sigma, data, n_threads, level=level))
-                    what = f"level={nb.SIMD_LEVELS[level]} threads={n_threads} sigma={f}s weighted={w is not None}"
-                    err = np.linalg.norm(got.delta - ref.delta, axis=1)
-                    # As test_cpp_every_simd_level_matches_reference, plus the logit conditioning.
-                    if dtype == np.float32:
-                        tol, tol_lse = 1e-5 * R, 1e-6 * np.abs(ref.lse) + 1e-5
-                    else:
-                        tol = 1e-10 * R + 100 * EPS64 * np.linalg.norm(ref.delta, axis=1)
-                        tol_lse = 1e-12 * np.abs(ref.lse) + 1e-12
-                    assert np.all(err <= tol + 2 * R * cond), f"{what}: denoiser error {err.max():.3e}"
-                    assert np.all(np.abs(got.lse - ref.lse) <= tol_lse), f"{what}: log-sum-exp"
-                    rtol = (1e-4 if dtype == np.float32 else 1e-9) + 4 * cond
-                    assert_within(got.n_eff, ref.n_eff, rtol * ref.n_eff, f"{what}: n_eff")
-                    assert_within(got.max_weight, ref.max_weight, rtol * ref.max_weight, f"{what}: max_weight")
-                    if w is not None:
-                        assert np.all(weights[got.top1] > 0), what
-                    tie = 1e-5 if dtype == np.float32 else 1e-12 * np.abs(logits.max(axis=1))
-                    assert _top1_ok(got.top1, logits, tie).all(), what
+            cond = 16 * EPS64 * _logit_range(ref_f64(points, y, sigma, weights=w))
+            label = f"sigma={f}s weighted={w is not None}"
+            _assert_every_level_matches(points, y, sigma, data, dtype, label, weights=w, cond=cond)
+            if w is not None:  # a copy without mass is never the top1
+                got = finalize_partial(nb.partials_dense("cpp", y, sigma, data, 2))
+                assert np.all(weights[got.top1] > 0), label
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
