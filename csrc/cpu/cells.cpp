@@ -105,8 +105,8 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
   double total = 0;
   for (double w : work) total += w;
   // Many more chunks than threads: the cost estimate misses how many terms need float64, so
-  // balance comes from dynamic claiming.  Each chunk beyond the first holds M partials: at most
-  // ~64 MiB of them.
+  // balance comes from dynamic claiming.  Each chunk beyond the first holds the partials of the
+  // queries it touches (at most M): at most ~64 MiB of them.
   const double partial_bytes = 8.0 * static_cast<double>(M) * static_cast<double>(d + 6);
   const index_t by_memory = std::max<index_t>(2 * n_threads, static_cast<index_t>((64.0 * (1 << 20)) / partial_bytes));
   const index_t n_chunks = std::min<index_t>(n_pieces, n_threads == 1 ? 1 : std::min<index_t>(16 * n_threads, by_memory));
@@ -118,16 +118,34 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
     if (next < n_chunks && acc >= total * static_cast<double>(next) / static_cast<double>(n_chunks)) bounds.push_back(k + 1);
   }
   while (static_cast<index_t>(bounds.size()) <= n_chunks) bounds.push_back(n_pieces);
+  // Chunk ch > 0 accumulates only the queries its pieces touch (ascending, chunk_queries[ch]):
+  // a buffer of all M partials per chunk cost more to clear and merge than small chunks' work.
+  std::vector<std::vector<index_t>> chunk_queries(n_chunks);
   std::vector<PartialBuffer> chunk_acc(n_chunks > 1 ? n_chunks - 1 : 0);
-  for (PartialBuffer& b : chunk_acc) b.resize(M, d);
+  for (index_t ch = 1; ch < n_chunks; ++ch) {
+    std::vector<index_t>& qs = chunk_queries[ch];
+    for (index_t pc = bounds[ch]; pc < bounds[ch + 1]; ++pc) {
+      const index_t k = piece_slot[pc];
+      qs.insert(qs.end(), members.begin() + ptr[k], members.begin() + ptr[k + 1]);
+    }
+    std::sort(qs.begin(), qs.end());
+    qs.erase(std::unique(qs.begin(), qs.end()), qs.end());
+    chunk_acc[ch - 1].resize(static_cast<index_t>(qs.size()), d);
+  }
   auto chunk_out = [&](index_t ch) { return ch == 0 ? out : chunk_acc[ch - 1].view(); };
+  // Row of query i in chunk ch's accumulator.
+  auto chunk_row = [&](index_t ch, index_t i) -> index_t {
+    if (ch == 0) return i;
+    const std::vector<index_t>& qs = chunk_queries[ch];
+    return std::lower_bound(qs.begin(), qs.end(), i) - qs.begin();
+  };
 
   parallel_for(n_chunks, n_threads, [&](index_t ch, int) {
     const DenseOutput acc_out = chunk_out(ch);
     if (ch > 0) {
-      for (index_t i = 0; i < M; ++i) {
-        partial_reset(ref(acc_out, i, d), d);
-        acc_out.n_exact[i] = 0;
+      for (index_t r = 0; r < static_cast<index_t>(chunk_queries[ch].size()); ++r) {
+        partial_reset(ref(acc_out, r, d), d);
+        acc_out.n_exact[r] = 0;
       }
     }
     std::vector<T> ys;
@@ -158,18 +176,20 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
       const DenseOutput po = part.view();
       fn(S, 0, nq, 0, S.N, po);
       for (index_t j = 0; j < nq; ++j) {
-        const index_t i = members[ptr[k] + j];
+        const index_t row = chunk_row(ch, members[ptr[k] + j]);
         if (po.top1[j] >= 0) po.top1[j] += r0;
-        partial_merge_into(ref(acc_out, i, d), ref(po, j, d), d);
-        if (acc_out.n_exact) acc_out.n_exact[i] += po.n_exact[j];
+        partial_merge_into(ref(acc_out, row, d), ref(po, j, d), d);
+        if (acc_out.n_exact) acc_out.n_exact[row] += po.n_exact[j];
       }
     }
   });
+  // Fixed order (chunk 1, 2, ...) per query: deterministic for a given thread count.
   for (index_t ch = 1; ch < n_chunks; ++ch) {
     const DenseOutput c = chunk_out(ch);
-    for (index_t i = 0; i < M; ++i) {
-      partial_merge_into(ref(out, i, d), ref(c, i, d), d);
-      if (out.n_exact) out.n_exact[i] += c.n_exact[i];
+    const std::vector<index_t>& qs = chunk_queries[ch];
+    for (index_t r = 0; r < static_cast<index_t>(qs.size()); ++r) {
+      partial_merge_into(ref(out, qs[r], d), ref(c, r, d), d);
+      if (out.n_exact) out.n_exact[qs[r]] += c.n_exact[r];
     }
   }
 }
