@@ -17,9 +17,9 @@ namespace nnscore {
 namespace {
 
 // The elementwise passes of one query's bounds, in their own functions so that the compiler sees
-// unaliased local pointers and vectorises them; on x86-64 Linux with GCC each is also cloned for
-// AVX2 and AVX-512 and picked at load time (sqrt and the min/max are the cost: 4 nlist per query).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+// unaliased local pointers and vectorises them; on x86-64 Linux with GCC and glibc (ifunc) each is
+// also cloned for AVX2 and AVX-512 and picked at load time (sqrt and the min/max are the cost).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
 #define NNSCORE_ELEMENTWISE_CLONES __attribute__((target_clones("default", "avx2", "arch=skylake-avx512")))
 #else
 #define NNSCORE_ELEMENTWISE_CLONES
