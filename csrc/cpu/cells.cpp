@@ -2,10 +2,10 @@
 #include "nnscore/cells.hpp"
 
 #include <algorithm>
-#include <cstring>
 #include <limits>
 #include <vector>
 
+#include "nnscore/ivf_bounds.hpp"
 #include "nnscore/online_softmax.hpp"
 #include "nnscore/thread_pool.hpp"
 
@@ -29,22 +29,6 @@ struct PartialBuffer {
   }
   DenseOutput view() { return DenseOutput{m.data(), z.data(), v.data(), q.data(), z2.data(), top1.data(), n_exact.data()}; }
 };
-
-// Calls f(c) for each c with row[c] != 0, in order; a query marks few of the cells, so eight
-// unmarked ones are skipped at once.
-template <class F>
-void for_marked(const std::uint8_t* row, index_t n, F&& f) {
-  index_t c = 0;
-  for (; c + 8 <= n; c += 8) {
-    std::uint64_t word;
-    std::memcpy(&word, row + c, 8);
-    if (word == 0) continue;
-    for (index_t k = c; k < c + 8; ++k)
-      if (row[k]) f(k);
-  }
-  for (; c < n; ++c)
-    if (row[c]) f(c);
-}
 
 PartialRef ref(const DenseOutput& o, index_t i, index_t d) {
   return PartialRef{o.m + i, o.z + i, o.v + i * d, o.q + i, o.z2 + i, o.top1 + i};

@@ -6,7 +6,6 @@
 #include <utility>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -230,14 +229,7 @@ void ivf_marked_rows(const std::uint8_t* marked, const std::int64_t* cell_rows, 
   parallel_for(B, n_threads, [&](index_t b, int) {
     const std::uint8_t* mk = marked + b * nlist;
     std::int64_t total = 0;
-    index_t c = 0;
-    for (; c + 8 <= nlist; c += 8) {  // few cells are marked: skip eight unmarked ones at once
-      std::uint64_t word;
-      std::memcpy(&word, mk + c, 8);
-      if (word == 0) continue;
-      for (index_t k = c; k < c + 8; ++k) total += mk[k] ? cell_rows[k] : 0;
-    }
-    for (; c < nlist; ++c) total += mk[c] ? cell_rows[c] : 0;
+    for_marked(mk, nlist, [&](index_t c) { total += cell_rows[c]; });
     rows[b] = total;
   });
 }

@@ -11,6 +11,7 @@
 // are deflated by `deflate` (< 1) to absorb the rounding of this arithmetic, and squared.
 #pragma once
 #include <cstdint>
+#include <cstring>
 
 #include "nnscore/common.hpp"
 
@@ -52,6 +53,22 @@ void ivf_select_cells(const double* low2, const double* log_mass, const double* 
 /// (terms below e^-40 of the largest are bounded by that, not evaluated).
 void ivf_tail_sums(const double* low2, const double* log_mass, const double* sigma, const std::uint8_t* probed,
                    index_t B, index_t nlist, double* log_t, double* log_g, int n_threads);
+
+/// Calls f(c) for each c < n with row[c] != 0, in order.  A query marks few of the cells, so
+/// eight unmarked ones are skipped at once.
+template <class F>
+inline void for_marked(const std::uint8_t* row, index_t n, F&& f) {
+  index_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    std::uint64_t word;
+    std::memcpy(&word, row + c, 8);
+    if (word == 0) continue;
+    for (index_t k = c; k < c + 8; ++k)
+      if (row[k]) f(k);
+  }
+  for (; c < n; ++c)
+    if (row[c]) f(c);
+}
 
 /// rows[b] = sum of cell_rows[c] over the cells c with marked[b, c] != 0 (the rows a scan of the
 /// marked cells reads).
