@@ -618,6 +618,33 @@ def test_cpp_every_simd_level_matches_reference(dtype, d, seed):
         _assert_every_level_matches(points, y, sigma, data, dtype, f"sigma={f}s")
 
 
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_cpp_deep_tiles_match_reference(dtype, seed):
+    """Large d with GEMM-form sums takes deep tiles (dense_kernel.inc): the logits are packed in
+    sub-tiles of fewer rows than the tile that the weights and the sums span, and the sums run
+    in column chunks.  At d = 1600 a sub-tile has at most 240 rows for any wide-tile budget
+    (256 KiB to 1.5 MiB), so every SIMD level takes them; n = 1100 leaves ragged tiles and
+    sub-tiles, m = 37 a partial query block.  Queries near the data at medium and large sigma
+    (GEMM-form sums, some with a float64-recomputed set) share blocks with far ones (selection
+    path), with and without weights (some zero)."""
+    rng = np.random.default_rng([seed, 29])
+    n, m, d = 1100, 37, 1600
+    points = (rng.standard_normal((n, d)) + 1.0).astype(dtype)
+    weights = rng.uniform(0.5, 2.0, size=n)
+    weights[rng.integers(0, n, size=20)] = 0.0
+    s = nn_spacing(points)
+    R = data_radius(points)
+    y = (points[rng.integers(0, n, size=m)] + 0.3 * s * rng.standard_normal((m, d))).astype(dtype)
+    y[[4, 20, 36]] = points.astype(np.float64).mean(axis=0) + 100 * R  # far away: selection path
+    for w in (None, weights):
+        data = nb.TrainingData.prepare(points, weights=w)
+        for f in (0.3, 1.0, 30.0):
+            sigma = f * s * (1.0 + rng.uniform(size=m))
+            _assert_every_level_matches(points, y, sigma, data, dtype, f"sigma={f}s weighted={w is not None}",
+                                        weights=w)
+
+
 @pytest.mark.parametrize("chunk_rows", [1, 7, 16384])
 def test_row_repeats_flags(chunk_rows):
     """TrainingData.row_repeats (and CellSortedData's) mark exactly the rows equal to the row

@@ -16,7 +16,10 @@
 //    is below `fast_tol` (checked after the pass), else the query is redone on the selection path.
 // Products are taken about a centre c (the data mean), subtracted while packing, so that the
 // rounding bounds scale with the spread of the data rather than its offset.
-// Never more than one tile of logits is in memory.
+// Never more than one tile of logits is in memory.  At large d with GEMM-form sums the tile
+// (the rows whose weights and sums a query folds into float64 at once, up to 512) is packed for
+// the logits in L2-sized sub-tiles, and its weighted sums run in column chunks ("deep tiles"):
+// the float64 state of 256 queries x 3072 would otherwise be streamed once per 32 rows.
 //
 // Third-moment mode (moment_center set; the taylor2 smoothed score, science.md §2.1.4): a second
 // pass over the same queries with the max logit m known from the first.  With w = exp(l - m) and
