@@ -26,7 +26,7 @@ from functools import reduce
 
 import numpy as np
 
-__all__ = ["Partial", "merge", "reduce_partials", "finalize_partial", "empty_partial"]
+__all__ = ["Partial", "merge", "reduce_partials", "finalize_partial", "empty_partial", "take", "assemble"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +98,22 @@ def merge(a: Partial, b: Partial) -> Partial:
         top1=top1.astype(np.int64, copy=False),
         log_mass=float(np.logaddexp(a.log_mass, b.log_mass)),
     )
+
+
+def take(p: Partial, rows: np.ndarray) -> Partial:
+    """The partials of the queries ``rows`` (an index array or a boolean mask) of ``p``."""
+    return Partial(m=p.m[rows], z=p.z[rows], v=p.v[rows], q=p.q[rows], z2=p.z2[rows], top1=p.top1[rows],
+                   log_mass=p.log_mass)  # fmt: skip
+
+
+def assemble(blocks, n_queries: int, dim: int, log_mass: float) -> Partial:
+    """One partial of ``n_queries`` queries from ``(rows, partial)`` blocks: block ``b`` holds the
+    partials of the queries ``rows`` (in order); queries in no block stay empty."""
+    out = empty_partial(n_queries, dim)
+    for rows, p in blocks:
+        for name in ("m", "z", "v", "q", "z2", "top1"):
+            getattr(out, name)[rows] = getattr(p, name)
+    return Partial(m=out.m, z=out.z, v=out.v, q=out.q, z2=out.z2, top1=out.top1, log_mass=log_mass)
 
 
 def reduce_partials(parts) -> Partial:

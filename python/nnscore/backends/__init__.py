@@ -361,11 +361,16 @@ def partials_cells(
     log_w_shift: float = 0.0,
     log_mass: float = 0.0,
     log_cut: float | None = None,
+    fast_tol: float = 0.0,
     level: int | None = None,
+    diagnostics: dict | None = None,
 ) -> Partial:
     """Partials of query i over the rows of the cells c with ``probed[i, c]`` of a cell-sorted
     training set (:class:`CellSortedData`).  Terms below (max - ``log_cut``) may be skipped
     (default :func:`skip_log_cut`; the other backends keep that default).
+    ``fast_tol`` (cpp only, capped at :data:`FAST_TOL`): queries whose GEMM-form logits about a
+    cell's centre are within it use them as the dense kernel's fast path does; 0 (default) puts
+    every query on the selection path.  ``diagnostics`` (a dict, cpp) receives ``n_exact``.
 
     cpp: the dense tile kernel one cell at a time, products about each cell's own centre
     (nnscore/cells.hpp), on its selection path: every term within ``log_cut`` of the max is
@@ -391,11 +396,14 @@ def partials_cells(
     kernel = _core.partials_cells_f32 if points.dtype == np.float32 else _core.partials_cells_f64
     kernel(
         y, points, cells.half_sqnorm, cells.log_w, sigma, probed, offsets, cells.centers, cells.radii,
-        m, z, v, q, z2, top1, n_exact, 0.0, skip_log_cut(points.shape[0], points.dtype) if log_cut is None else log_cut,
+        m, z, v, q, z2, top1, n_exact, min(FAST_TOL[points.dtype], fast_tol),
+        skip_log_cut(points.shape[0], points.dtype) if log_cut is None else log_cut,
         n_threads,
         simd_level() if level is None else level,
         cells.row_repeats,
     )  # fmt: skip
+    if diagnostics is not None:
+        diagnostics["n_exact"] = n_exact
     return Partial(m=m + log_w_shift, z=z, v=v, q=q, z2=z2, top1=top1, log_mass=log_mass)
 
 

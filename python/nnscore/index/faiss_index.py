@@ -330,6 +330,18 @@ class TrainingIndex:
         if not np.array_equal(got, expect):
             raise ValueError(f"{name}: stored vectors differ from the train rows (built on other data?)")
 
+    def check_rows(self, x, name: str, n_sample: int = 64) -> None:
+        """ValueError naming ``name`` unless ``x`` (N, d) has the index's rows (compared on the
+        first, last and ``n_sample`` evenly spaced rows)."""
+        if self._train is x:
+            return
+        if tuple(np.shape(x)) != (self.n, self.d):
+            raise ValueError(f"{name}: the index holds ({self.n}, {self.d}) rows, got {tuple(np.shape(x))}")
+        n = self.n
+        sample = np.unique(np.concatenate([[0, n - 1], np.linspace(0, n - 1, min(n, n_sample)).astype(np.int64)]))
+        if not np.array_equal(np.asarray(self._train[sample]), np.asarray(x[sample])):
+            raise ValueError(f"{name}: the index was built on other training rows")
+
     # ------------------------------------------------------------------ search
     @property
     def nprobe(self):

@@ -45,7 +45,7 @@ from .._threads import effective_n_threads
 from .._validation import check_int
 from ..exceptions import PrecisionWarning
 from ..index.faiss_index import TrainingIndex
-from ..partials import Partial, empty_partial, merge
+from ..partials import Partial, assemble, merge, take
 from .base import ScoreModel, schedule_coefficients
 from .empirical import EmpiricalScore
 from .result import ScoreResult, result_from_partial
@@ -476,7 +476,7 @@ class KNNScore(ScoreModel):
                     f"with k_max={self.k_max} (index {self.index.kind!r}); raise k_max or use fallback='exact'"
                 )
             self._dense(y, st, eta, rho, todo, out)
-        partial = _stack(parts, n_q, self.dim, self.data.log_mass)
+        partial = assemble(parts, n_q, self.dim, self.data.log_mass)
         return _Certified(partial, bounds, path, k_used, sets)
 
     # -- exact dense fallback -------------------------------------------------------------------
@@ -571,7 +571,7 @@ class KNNScore(ScoreModel):
             ok = np.ones(rows.size, dtype=bool)
             name = "uncertified"
         good = rows[ok]
-        _scatter(parts, good, _take(p, ok))
+        _scatter(parts, good, take(p, ok))
         bounds[:, good] = b[:, ok]
         path[good], k_used[good] = name, kp_row[ok]
         for i in np.flatnonzero(ok):
@@ -618,7 +618,7 @@ class KNNScore(ScoreModel):
         ok = self._meets(b, eta[rows]) & ~too_many & np.isfinite(p.m)
         good = rows[ok]
         p = dataclasses.replace(p, top1=self._original_rows(p.top1))
-        _scatter(parts, good, _take(p, ok))
+        _scatter(parts, good, take(p, ok))
         bounds[:, good] = b[:, ok]
         path[good] = "ivf-certified"
         k_used[good] = scanned[ok]
@@ -727,7 +727,7 @@ class KNNScore(ScoreModel):
         b = self._finish_bounds(p, y[hits], st[hits], log_t, log_g, n_terms, log_cut)
         ok = self._meets(b, eta[hits]) & np.isfinite(p.m)
         good = hits[ok]
-        _scatter(parts, good, _take(p, ok))
+        _scatter(parts, good, take(p, ok))
         bounds[:, good] = b[:, ok]
         path[good], k_used[good] = "knn-cached", n_terms[ok]
         for i in good:
@@ -792,21 +792,7 @@ class KNNSamplerCache(ScoreModel):
         return f"KNNSamplerCache({self.model!r}, stats={self.stats})"
 
 
-def _take(p: Partial, mask: np.ndarray) -> Partial:
-    return Partial(m=p.m[mask], z=p.z[mask], v=p.v[mask], q=p.q[mask], z2=p.z2[mask], top1=p.top1[mask],
-                   log_mass=p.log_mass)  # fmt: skip
-
-
 def _scatter(parts: list, rows: np.ndarray, p: Partial) -> None:
     """Record that ``p`` holds the partials of ``rows`` (in order)."""
     if rows.size:
         parts.append((rows, p))
-
-
-def _stack(parts: list, n_q: int, dim: int, log_mass: float) -> Partial:
-    """Assemble the (rows, partial) blocks into one partial of all queries."""
-    out = empty_partial(n_q, dim)
-    for rows, p in parts:
-        for name in ("m", "z", "v", "q", "z2", "top1"):
-            getattr(out, name)[rows] = getattr(p, name)
-    return dataclasses.replace(out, log_mass=log_mass)

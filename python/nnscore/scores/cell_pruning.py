@@ -1,0 +1,166 @@
+"""Exact cell skipping for the dense engine: ``EmpiricalScore(train, cells=...)``.
+
+The training set is partitioned into the cells of an IVF index (k-means centroids, see
+:class:`~nnscore.TrainingIndex`).  For a query y at noise sigma every row j of cell c has
+
+    l_j = log pi_j - ||y - x_j||^2 / (2 sigma^2)  <=  u_c = max_{j in c} log pi_j - L_c^2 / (2 sigma^2)
+
+with L_c the certified lower bound of :meth:`TrainingIndex.cell_lower_bounds`.  The dense
+kernels may skip any term below (max logit - log_cut).  The query's own cell (its nearest
+centroid) is reduced first; its max logit m_1 is at most the max over all rows, so a cell with
+u_c < m_1 - log_cut holds only terms the dense kernels may skip, and is skipped whole.  The
+other cells are reduced by the cell-batched kernel (``partials_cells``: products about each
+cell's own centre, the dense kernel's fast and selection paths).  The result carries the dense
+engine's guarantee; only the work changes.
+
+Skipping pays at small noise, where the near cells hold all the weight.  A query whose cells
+to scan hold more than :data:`PRUNE_MAX_FRACTION` of the rows goes to the dense kernel instead:
+per row the cell-batched scan costs more (it only visits rows near the query, where the terms
+must be exponentiated, summed and often recomputed in float64, and it merges a partial per
+cell).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backends as _backends
+from .._validation import check_int
+from ..index.faiss_index import TrainingIndex
+from ..partials import Partial, assemble, merge, take
+
+__all__ = ["CellPruning", "PRUNE_MAX_FRACTION", "AUTO_MIN_ROWS"]
+
+#: A query whose cells to scan hold more than this fraction of the rows takes the dense kernel.
+#: Measured (bench/exact.py, M = 1024, N = 10^5, small sigma): the cell scan cost 3-7x the dense
+#: kernel per row, so it pays below about 1/5 of the rows.
+PRUNE_MAX_FRACTION = 0.2
+#: ``cells="auto"`` partitions training sets of at least this many rows (below, dense only).
+AUTO_MIN_ROWS = 16384
+
+
+class CellPruning:
+    """A training set's IVF partition and cell-sorted copy, and the skipping rule above.
+
+    Built by :meth:`from_option`; :meth:`partials` replaces the dense reduction.  Memory: the
+    cell-sorted copy of the points (N d) plus the index's float32 copy (N d) and O(N + nlist^2).
+    """
+
+    def __init__(self, data: _backends.TrainingData, index: TrainingIndex):
+        self.index = index
+        self.order = np.asarray(index.cell_order, dtype=np.int64)
+        offsets = index.cell_offsets
+        log_w = data.log_w
+        self.cells = _backends.CellSortedData.build(
+            np.ascontiguousarray(data.points[self.order]),
+            None if log_w is None else np.ascontiguousarray(log_w[self.order]), offsets)  # fmt: skip
+        self.sizes = np.diff(offsets).astype(np.int64)
+        # max log pi - log_w_shift per cell (the kernels' frame); 0 for unit weights, -inf if empty
+        self.log_w_max = np.where(self.sizes > 0, 0.0, -np.inf)
+        if log_w is not None:
+            full = np.flatnonzero(self.sizes > 0)
+            self.log_w_max[full] = np.maximum.reduceat(self.cells.log_w, offsets[full])
+        full_cells = self.log_w_max[self.sizes > 0]
+        self._lowest_log_w = float(full_cells.min())  # over non-empty cells
+        index.prepare_bounds()
+
+    @classmethod
+    def from_option(cls, cells, data: _backends.TrainingData, n_threads) -> "CellPruning | None":
+        """``cells`` of :class:`EmpiricalScore`: None, "auto", an int nlist or an IVF TrainingIndex."""
+        if cells is None:
+            return None
+        n, dim = data.n_points, data.dim
+        if isinstance(cells, TrainingIndex):
+            if cells.kind != "ivf":
+                raise ValueError(f"cells: a TrainingIndex must be of kind 'ivf' to give cells, got {cells.kind!r}")
+            if (cells.n, cells.d) != (n, dim):
+                raise ValueError(f"cells: the index holds {cells.n} rows of dimension {cells.d}, the training set "
+                                 f"{n} of dimension {dim}")  # fmt: skip
+            cells.check_rows(data.points, "cells")
+            return cls(data, cells)
+        if isinstance(cells, str):
+            if cells != "auto":
+                raise ValueError(f"cells: expected None, 'auto', an int (number of cells) or an IVF TrainingIndex, "
+                                 f"got {cells!r}")  # fmt: skip
+            if n < AUTO_MIN_ROWS:
+                return None
+            nlist = max(1, int(round(0.5 * math.sqrt(n))))
+        else:
+            nlist = check_int(cells, "cells", minimum=1)
+            if nlist > n:
+                raise ValueError(f"cells: the number of cells must be <= N={n}, got {nlist}")
+        # A fixed seed: the partition, hence the summation order, is the same on every build.
+        index = TrainingIndex(data.points, kind="ivf", nlist=nlist, n_threads=n_threads, rng=0)
+        return cls(data, index)
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.sizes.size)
+
+    def partials(self, backend: str, y: np.ndarray, sigma: np.ndarray, data: _backends.TrainingData,
+                 threads, diagnostics: dict | None = None) -> Partial:  # fmt: skip
+        """The dense reduction of ``y`` (M, D) at ``sigma`` (M,) with exactly skippable cells
+        skipped; ``threads(work)`` gives the thread count for ``work`` flops.  ``diagnostics``
+        (a dict) receives ``rows_scanned`` (M,) and, for cpp, ``n_exact``."""
+        n_q, n = y.shape[0], data.n_points
+        if n_q == 0:
+            return _backends.partials_dense(backend, y, sigma, data, threads(0.0), diagnostics=diagnostics)
+        log_cut = _backends.skip_log_cut(n, data.points.dtype)
+        rows = np.full(n_q, n, dtype=np.int64)
+        # Queries that may skip enough rows.  m <= max_c u_c, so a cell is skippable only if
+        # u_c < max_c u_c - log_cut; and u_c >= min log pi - (||y - mu|| + R)^2 / (2 sigma^2)
+        # (mu the data centre, R the data radius), which spares the bounds at large sigma.
+        reach = np.linalg.norm(y.astype(np.float64) - data.center, axis=1) + data.radius
+        maybe = np.flatnonzero(self._lowest_log_w - reach * reach / (2.0 * sigma * sigma) < -log_cut)
+        pruned = np.zeros(n_q, dtype=bool)
+        if maybe.size:
+            ym, sm = y[maybe], sigma[maybe]
+            nearest = np.empty(maybe.size, dtype=np.int64)
+            low2 = self.index.cell_lower_bounds(ym, nearest=nearest)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                upper = self.log_w_max[None, :] - low2 / (2.0 * sm * sm)[:, None]
+            best = (upper >= (upper.max(axis=1) - log_cut)[:, None]).astype(np.int64) @ self.sizes
+            hope = best <= PRUNE_MAX_FRACTION * n
+            maybe, ym, sm, nearest, upper = maybe[hope], ym[hope], sm[hope], nearest[hope], upper[hope]
+        if maybe.size:
+            own = np.zeros(upper.shape, dtype=np.uint8)
+            own[np.arange(maybe.size), nearest] = 1
+            first, first_exact = self._scan(backend, ym, sm, own, data, threads)
+            floor = first.m - data.log_w_shift - log_cut  # every term below it may be skipped
+            scan = (upper >= floor[:, None]) & (own == 0)
+            rows_m = self.sizes[nearest] + scan.astype(np.int64) @ self.sizes
+            ok = rows_m <= PRUNE_MAX_FRACTION * n
+            maybe, ym, sm, scan, first_exact = maybe[ok], ym[ok], sm[ok], scan[ok], first_exact[ok]
+            first = take(first, ok)
+            rows[maybe] = rows_m[ok]
+            pruned[maybe] = True
+        blocks = []
+        n_exact = np.zeros(n_q, dtype=np.int64)
+        if maybe.size:
+            rest, rest_exact = self._scan(backend, ym, sm, scan.astype(np.uint8), data, threads)
+            p = merge(first, rest)
+            top1 = np.where(p.top1 >= 0, self.order[np.maximum(p.top1, 0)], -1)
+            blocks.append((maybe, Partial(m=p.m, z=p.z, v=p.v, q=p.q, z2=p.z2, top1=top1)))
+            n_exact[maybe] = first_exact + rest_exact
+        if not pruned.all():
+            idx = np.flatnonzero(~pruned)
+            diag: dict = {}
+            work = 4.0 * idx.size * n * data.dim
+            blocks.append((idx, _backends.partials_dense(backend, y[idx], sigma[idx], data, threads(work),
+                                                         diagnostics=diag)))  # fmt: skip
+            n_exact[idx] = diag.get("n_exact", 0)
+        if diagnostics is not None:
+            diagnostics["rows_scanned"] = rows
+            if backend == "cpp":
+                diagnostics["n_exact"] = n_exact
+        return assemble(blocks, n_q, data.dim, data.log_mass)
+
+    def _scan(self, backend, y, sigma, marked, data, threads) -> tuple[Partial, np.ndarray]:
+        """(partial over the marked cells, top1 in cell order; its float64 recompute counts)."""
+        work = 4.0 * float(np.sum(marked.astype(np.int64) @ self.sizes)) * data.dim
+        diag: dict = {}
+        p = _backends.partials_cells(backend, y, sigma, self.cells, marked, threads(work),
+                                     log_w_shift=data.log_w_shift, log_mass=data.log_mass,
+                                     fast_tol=_backends.FAST_TOL[data.points.dtype], diagnostics=diag)  # fmt: skip
+        return p, diag.get("n_exact", np.zeros(y.shape[0], dtype=np.int64))

@@ -1,0 +1,147 @@
+"""EmpiricalScore(cells=...): exact cell skipping against the float64 oracle.
+
+The cell path must keep the dense engine's guarantee (the same tolerances as test_empirical.py),
+so every case is checked against ``ref_f64`` over the whole noise range, and the diagnostics
+prove that the cases with small noise really skipped cells (``rows_scanned`` < N).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import nnscore as ns
+from nnscore.scores import cell_pruning
+
+from conftest import data_radius, nn_spacing, ref_f64
+from test_empirical import SIGMA_FACTORS, _queries, assert_matches_oracle
+
+DTYPES = [np.float32, np.float64]
+HOST = [b for b in ("cpp", "numba") if b in ns.available_backends()]
+
+
+def _clustered(rng, n, d, dtype, n_clusters=12, spread=0.05, scale=1.0):
+    """Tight clusters far apart (the data where small noise skips most cells), plus duplicates."""
+    centres = rng.standard_normal((n_clusters, d)) * scale
+    x = centres[rng.integers(0, n_clusters, size=n)] + spread * rng.standard_normal((n, d))
+    x[-5:] = x[:5]  # exact duplicates, in other cells' order positions
+    return x.astype(dtype)
+
+
+def _rows_scanned(model, x, sigma) -> np.ndarray:
+    diag: dict = {}
+    y = np.asarray(x, dtype=model.dtype).reshape(len(x), -1)
+    model._partials_ve(y, np.broadcast_to(np.asarray(sigma, dtype=np.float64), (len(x),)).copy(), diagnostics=diag)
+    return diag["rows_scanned"]
+
+
+@pytest.mark.parametrize("backend", HOST)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("d,n,m", [(1, 2000, 40), (2, 3000, 40), (16, 2000, 30), (64, 1000, 20)])
+def test_cells_match_oracle(backend, dtype, d, n, m, seed):
+    rng = np.random.default_rng([seed, d, n, 17])
+    train = _clustered(rng, n, d, dtype)
+    model = ns.EmpiricalScore(train, backend=backend, cells=24)
+    R, s = data_radius(train), nn_spacing(train)
+    skipped = False
+    for f in SIGMA_FACTORS:
+        sigma = f * s
+        for kind in ("noisy", "on_train", "far"):
+            x = _queries(rng, train, kind, m, sigma)
+            res = model.evaluate(x, sigma)
+            assert_matches_oracle(res, ref_f64(train, x, sigma), x, dtype, R, what=f"{backend} cells {f:g}s {kind}")
+            rows = _rows_scanned(model, x, sigma)
+            assert np.all((rows >= 1) & (rows <= n))
+            skipped |= bool(np.any(rows < n))
+    assert skipped, "no query skipped a cell: the cell path was not exercised"
+    # Per-query noise levels over the whole range in one call: some queries skip, others go dense.
+    sig = s * np.asarray(SIGMA_FACTORS)[rng.integers(0, len(SIGMA_FACTORS), size=m)]
+    x = _queries(rng, train, "noisy", m, sig)
+    res = model.evaluate(x, sig)
+    assert_matches_oracle(res, ref_f64(train, x, sig), x, dtype, R, what=f"{backend} cells per-query t")
+
+
+@pytest.mark.parametrize("backend", HOST)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_cells_with_weights_and_a_massless_cell(backend, dtype, seed):
+    rng = np.random.default_rng([seed, 29])
+    n, d, m = 2400, 8, 30
+    train = _clustered(rng, n, d, dtype, n_clusters=8)
+    model0 = ns.EmpiricalScore(train, backend=backend, cells=16)
+    w = rng.uniform(0.0, 3.0, size=n)
+    w[rng.random(n) < 0.1] = 0.0
+    order, offsets = model0.cells.order, model0.cells.index.cell_offsets
+    w[order[offsets[3]:offsets[4]]] = 0.0  # a whole cell without mass: log pi_max = -inf
+    model = ns.EmpiricalScore(train, weights=w, backend=backend, cells=model0.cells.index)
+    R, s = data_radius(train), nn_spacing(train)
+    for f in SIGMA_FACTORS:
+        x = _queries(rng, train, "noisy", m, f * s)
+        res = model.evaluate(x, f * s)
+        assert_matches_oracle(res, ref_f64(train, x, f * s, weights=w), x, dtype, R, what=f"weighted {f:g}s")
+        assert np.all(w[res.top1] > 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_cells_single_point_and_one_cell(dtype):
+    train = np.array([[0.5, -1.0, 2.0]], dtype=dtype)
+    x = np.array([[0.0, 0.0, 0.0], [0.5, -1.0, 2.0]], dtype=dtype)
+    for sigma in (1e-4, 1.0, 1e3):
+        a = ns.EmpiricalScore(train, cells=1).evaluate(x, sigma)
+        b = ns.EmpiricalScore(train).evaluate(x, sigma)
+        np.testing.assert_array_equal(a.denoised, b.denoised)
+        np.testing.assert_allclose(a.log_density, b.log_density, rtol=1e-12)
+        np.testing.assert_array_equal(a.top1, [0, 0])
+
+
+def test_cells_empty_queries():
+    train = np.random.default_rng(0).standard_normal((500, 4)).astype(np.float32)
+    res = ns.EmpiricalScore(train, cells=8).evaluate(np.zeros((0, 4), np.float32), 0.1)
+    assert res.denoised.shape == (0, 4) and res.log_density.shape == (0,)
+
+
+@given(seed=st.integers(0, 2**31 - 1), log_f=st.floats(-4.0, 3.0), n_cells=st.integers(1, 40))
+def test_cells_agree_with_dense(seed, log_f, n_cells):
+    """Property: any partition and noise level give the dense engine's result (both exact)."""
+    rng = np.random.default_rng(seed)
+    train = _clustered(rng, 600, 5, np.float64, n_clusters=int(rng.integers(1, 9)))
+    sigma = 10.0**log_f * nn_spacing(train)
+    x = _queries(rng, train, "noisy", 25, sigma)
+    a = ns.EmpiricalScore(train, cells=n_cells).evaluate(x, sigma)
+    b = ns.EmpiricalScore(train).evaluate(x, sigma)
+    R = data_radius(train)
+    np.testing.assert_allclose(a.denoised, b.denoised, rtol=0, atol=1e-9 * R + 1e-12 * np.abs(b.denoised).max())
+    np.testing.assert_allclose(a.log_density, b.log_density, rtol=1e-11, atol=1e-11)
+
+
+def test_cells_auto_and_repr():
+    small = np.random.default_rng(1).standard_normal((cell_pruning.AUTO_MIN_ROWS - 1, 3))
+    assert ns.EmpiricalScore(small, cells="auto").cells is None
+    big = np.random.default_rng(2).standard_normal((cell_pruning.AUTO_MIN_ROWS, 3)).astype(np.float32)
+    model = ns.EmpiricalScore(big, cells="auto")
+    assert model.cells.n_cells == round(0.5 * np.sqrt(cell_pruning.AUTO_MIN_ROWS))
+    assert f"cells={model.cells.n_cells}" in repr(model)
+
+
+def test_cells_bad_input():
+    rng = np.random.default_rng(3)
+    train = rng.standard_normal((300, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="cells"):
+        ns.EmpiricalScore(train, cells=0)
+    with pytest.raises(ValueError, match="cells"):
+        ns.EmpiricalScore(train, cells=301)
+    with pytest.raises(ValueError, match="cells"):
+        ns.EmpiricalScore(train, cells="kmeans")
+    with pytest.raises(TypeError, match="cells"):
+        ns.EmpiricalScore(train, cells=2.5)
+    with pytest.raises(TypeError, match="cells"):
+        ns.EmpiricalScore(train, cells=True)
+    with pytest.raises(ValueError, match="cells.*ivf"):
+        ns.EmpiricalScore(train, cells=ns.TrainingIndex(train, kind="flat"))
+    other = rng.standard_normal((300, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="cells.*other training rows"):
+        ns.EmpiricalScore(train, cells=ns.TrainingIndex(other, kind="ivf", nlist=4))
+    with pytest.raises(ValueError, match="cells.*rows of dimension"):
+        ns.EmpiricalScore(train[:200], cells=ns.TrainingIndex(train, kind="ivf", nlist=4))
+    with pytest.raises(ValueError, match="cells.*host backends"):
+        ns.EmpiricalScore(train, backend="reference", cells=4)
