@@ -42,6 +42,8 @@ def parse_args(argv=None):
     ap.add_argument("--sigmas", default="small,medium,large")
     ap.add_argument("--baselines", default="numpy_gemm,torch_sdpa", help="comma list from impls.py ('' for none)")
     ap.add_argument("--baselines-dir", default=str(DEFAULT_BASELINES))
+    ap.add_argument("--cells", default="auto",
+                    help="also time EmpiricalScore(cells=...) ('auto' or a number of cells; 'none': skip)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds (each method once per round)")
     ap.add_argument("--settle", type=float, default=0.3,
@@ -57,18 +59,23 @@ def parse_args(argv=None):
 
 
 class NNScoreMethod:
-    """Adapter with the baselines' prepare(X) / run(Y, sigma) -> (D, lse) protocol."""
+    """Adapter with the baselines' prepare(X) / run(Y, sigma) -> (D, lse) protocol.
 
-    name = "nnscore"
+    ``cells`` (EmpiricalScore's option) makes the "nnscore_cells" method: the exact engine with
+    cell skipping; its one-off partition time is kept in ``build_s``."""
 
-    def __init__(self, threads):
+    def __init__(self, threads, cells=None):
         import nnscore as ns
 
         self.ns = ns
         self.threads = threads
+        self.cells = cells
+        self.name = "nnscore" if cells is None else "nnscore_cells"
 
     def prepare(self, X):
-        self.model = self.ns.EmpiricalScore(X, backend="cpp", n_threads=self.threads)
+        t0 = time.perf_counter()
+        self.model = self.ns.EmpiricalScore(X, backend="cpp", n_threads=self.threads, cells=self.cells)
+        self.build_s = time.perf_counter() - t0
         self.N, self.d = X.shape
 
     def run(self, Y, sigma):
@@ -136,8 +143,11 @@ def main(argv=None):
             _, sig = common.sigma_grid(args.data, X, levels, n_probe=128)
             R = float(np.sqrt(((X.astype(np.float64) - X.mean(0, dtype=np.float64)) ** 2).sum(1).max()))
             methods = [NNScoreMethod(args.threads)] + [impls.make(b) for b in baselines]
+            if args.cells != "none":
+                methods.insert(1, NNScoreMethod(args.threads, int(args.cells) if args.cells.isdigit() else args.cells))
             for meth in methods:
                 meth.prepare(X)
+            cells_build = {m.name: m.build_s for m in methods if m.name == "nnscore_cells"}
             for M in common.parse_list(args.M, int):
                 for lvl in levels:
                     Y = common.make_queries(args.data, M, d, sig[lvl], seed=1)
@@ -165,9 +175,13 @@ def main(argv=None):
                         if name == "nnscore":
                             rec["peak_mb"] = res["peak_extra_mb"]
                     rec["pct_sgemm"] = 100 * rec.get("nnscore_gflops", 0) / sgemm
+                    if cells_build:
+                        rec["cells_build_s"] = cells_build["nnscore_cells"]
                     for b in baselines:
                         if rec.get(f"{b}_s") and rec.get("nnscore_s"):
                             rec[f"x_{b}"] = rec[f"{b}_s"] / rec["nnscore_s"]
+                        if rec.get(f"{b}_s") and rec.get("nnscore_cells_s"):
+                            rec[f"x_{b}_cells"] = rec[f"{b}_s"] / rec["nnscore_cells_s"]
                     rows.append(rec)
                     if args.out:
                         with open(args.out, "a") as f:
@@ -179,6 +193,10 @@ def main(argv=None):
             ("nnscore_errlogp", "err log p")]
     for b in baselines:
         cols += [(f"{b}_gflops", f"{b} GFLOP/s"), (f"{b}_errD", f"{b} err D/R"), (f"x_{b}", f"x {b}")]
+    if args.cells != "none":
+        cols += [("nnscore_cells_s", "cells: time s"), ("nnscore_cells_errD", "cells: err D/R"),
+                 ("cells_build_s", "cells: build s")]
+        cols += [(f"x_{b}_cells", f"cells: x {b}") for b in baselines]
     common.print_table(rows, cols, f"nnscore exact engine, float32, {args.threads} threads (sgemm {sgemm:.0f} GFLOP/s)",
                        markdown=args.markdown)
 

@@ -41,6 +41,7 @@ def parse_args(argv=None):
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--tol-kind", default="denoiser_rel")
     ap.add_argument("--kind", default="auto", help="TrainingIndex kind")
+    ap.add_argument("--nlist", type=int, default=0, help="IVF cells (0: nnscore.index.scan_nlist(N), as KNNScore(train) uses)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--nref", type=int, default=128)
     ap.add_argument("--peer-k", type=int, default=64)
@@ -50,6 +51,9 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=3, help="timings of the sigma table: min over repeats")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write all records as JSON")
+    ap.add_argument("--cells", default="none",
+                    help="also time EmpiricalScore(cells=...) ('auto' or a number of cells), the exact engine "
+                         "with cell skipping; 'none' (default): not timed")
     ap.add_argument("--markdown", action="store_true")
     return ap.parse_args(argv)
 
@@ -120,7 +124,10 @@ def main(argv=None):
     R = exact.data.radius
 
     rss0 = rss_mib()
-    index, t_index = timed(lambda: ns.TrainingIndex(X, kind=args.kind, n_threads=args.threads, rng=args.seed))
+    ivf = args.kind == "ivf" or (args.kind == "auto" and n >= 10_000)
+    nlist = (args.nlist or ns.index.scan_nlist(n)) if ivf else None
+    index, t_index = timed(lambda: ns.TrainingIndex(X, kind=args.kind, n_threads=args.threads, rng=args.seed,
+                                                    nlist=nlist))
     rss1 = rss_mib()
     model, t_model = timed(lambda: ns.KNNScore(index, tol=args.tol, tol_kind=args.tol_kind, n_threads=args.threads))
     rss2 = rss_mib()
@@ -130,6 +137,13 @@ def main(argv=None):
           f"KNNScore set up in {t_model:.1f} s (+{rss2 - rss1:.0f} MiB: cell-sorted copy); data {X.nbytes / 2**20:.0f} MiB",
           flush=True)
 
+    cells = None
+    if args.cells != "none":
+        cells, build["cells_s"] = timed(lambda: ns.EmpiricalScore(
+            X, n_threads=args.threads, cells=int(args.cells) if args.cells.isdigit() else args.cells))
+        print(f"# EmpiricalScore(cells={args.cells!r}): {cells.cells.n_cells} cells, built in {build['cells_s']:.1f} s",
+              flush=True)
+
     records = []
     sigmas = [float(s) for s in args.sigmas.split(",") if s]
     for sigma in sigmas:
@@ -137,12 +151,15 @@ def main(argv=None):
         Y = X[rows] + (sigma * rng.standard_normal((args.queries, d))).astype(np.float32)
         exact.evaluate(Y[:8], sigma)  # warm-up
         # interleaved repeats: slow phases of this shared VM hit both alike
-        t_exact = t_knn = math.inf
+        t_exact = t_knn = t_cells = math.inf
         for _ in range(args.repeats):
             ex, t = timed(lambda: exact.evaluate(Y, sigma))
             t_exact = min(t_exact, t)
             kn, t = timed(lambda: model.evaluate(Y, sigma))
             t_knn = min(t_knn, t)
+            if cells is not None:
+                cl, t = timed(lambda: cells.evaluate(Y, sigma))
+                t_cells = min(t_cells, t)
         ref = oracle.evaluate(Y[: args.nref].astype(np.float64), sigma)
         err = np.linalg.norm(kn.denoised[: args.nref].astype(np.float64) - ref.denoised, axis=1) / R
         err_exact = np.linalg.norm(ex.denoised[: args.nref].astype(np.float64) - ref.denoised, axis=1) / R
@@ -158,6 +175,10 @@ def main(argv=None):
             "violations": int(np.sum(err > bound * (1 + 1e-9) + cast)),
             "tol_met": float(np.mean(err <= args.tol + cast)),
         }
+        if cells is not None:
+            rec["t_cells"] = t_cells
+            rec["err_cells_max"] = float((np.linalg.norm(cl.denoised[: args.nref].astype(np.float64) - ref.denoised,
+                                                         axis=1) / R).max())
         if index.kind == "ivf":
             dp, t_peer = timed(lambda: peer_truncated(index, X, Y, sigma, args.peer_k, args.peer_nprobe), args.repeats)
             rec["t_peer"] = t_peer
@@ -213,6 +234,16 @@ def main(argv=None):
                   f"{r['paths']['exact']:.0%} | {r['rows_median']:.0f} ({r['rows_mean']:.0f}) | {r['bound_max']:.1e} | "
                   f"{r['err_max']:.1e} | {r['violations']} | {r['tol_met']:.0%} | "
                   f"{r.get('t_peer', math.nan):.2f} | {r.get('err_peer_max', math.nan):.1e} |")
+        if cells is not None:
+            print()
+            print(f"Exact engine with cell skipping, EmpiricalScore(cells={args.cells!r}): {cells.cells.n_cells} cells, "
+                  f"built in {build['cells_s']:.1f} s.")
+            print()
+            print("| sigma | exact dense (s) | exact cells (s) | cells max err | KNNScore (s) | KNNScore over cells |")
+            print("|---|---|---|---|---|---|")
+            for r in records:
+                print(f"| {r['sigma']:g} | {r['t_exact']:.2f} | {r['t_cells']:.2f} | {r['err_cells_max']:.1e} | "
+                      f"{r['t_knn']:.2f} | {r['t_cells'] / r['t_knn']:.1f}x |")
         print()
         lo, hi = breakeven["fallback_speedups"]
         print(f"Break-even: most queries certified up to sigma = {breakeven['certified_up_to']}; from sigma = "

@@ -44,7 +44,7 @@ from .. import schedules as _schedules
 from .._threads import effective_n_threads
 from .._validation import check_int
 from ..exceptions import PrecisionWarning
-from ..index.faiss_index import TrainingIndex
+from ..index.faiss_index import _AUTO_FLAT_MAX, TrainingIndex, scan_nlist
 from ..partials import Partial, assemble, merge, take
 from .base import ScoreModel, schedule_coefficients
 from .empirical import EmpiricalScore
@@ -196,7 +196,8 @@ class KNNScore(ScoreModel):
     Parameters
     ----------
     train_or_index : array-like (N, d) or (N, *shape), or a :class:`~nnscore.TrainingIndex`
-        The training set; an array is indexed with ``TrainingIndex(train, kind=index_kind)``.
+        The training set; an array is indexed with ``TrainingIndex(train, kind=index_kind)``, an
+        IVF one with :func:`~nnscore.index.scan_nlist` cells (sqrt(N)/2: whole cells are scanned).
     k : "auto" or int
         kNN indexes: "auto" searches ``k_max`` neighbours and uses the shortest prefix (k_max/8,
         k_max/4, k_max/2, k_max) whose certificate meets ``tol``; an int uses exactly k (an
@@ -222,7 +223,10 @@ class KNNScore(ScoreModel):
             self.index = train_or_index
             shape = (self.index.d,)
         else:
-            self.index = TrainingIndex(train_or_index, kind=index_kind, n_threads=n_threads, rng=rng)
+            n_rows = int(np.shape(train_or_index)[0])
+            ivf = index_kind == "ivf" or (index_kind == "auto" and n_rows > _AUTO_FLAT_MAX)
+            self.index = TrainingIndex(train_or_index, kind=index_kind, n_threads=n_threads, rng=rng,
+                                       nlist=scan_nlist(n_rows) if ivf else None)  # fmt: skip
             shape = tuple(np.shape(train_or_index)[1:])  # (N, *shape): queries may keep the shape
         self._exact = EmpiricalScore(self.index._train, weights=weights, schedule=schedule, backend=backend,
                                      n_threads=n_threads)  # fmt: skip
