@@ -729,3 +729,23 @@ def test_hnsw_is_flagged_uncertified(seed):
     ref = oracle(x, q, np.full(20, 0.01 * radius(x)))
     # no certificate, but on this small clustered set HNSW finds the true neighbours
     assert np.max(np.linalg.norm(res.denoised - ref["denoised"], axis=1)) <= 1e-6 * radius(x)
+
+
+def test_scan_nlist_and_knnscore_default_cells():
+    """KNNScore(train) builds scan_nlist(N) = sqrt(N)/2 cells (scans), TrainingIndex keeps 4 sqrt(N)."""
+    from nnscore.index import scan_nlist
+
+    assert [scan_nlist(n) for n in (1, 3, 4, 100, 10_000, 10**6)] == [1, 1, 1, 5, 50, 500]
+    x = np.random.default_rng(5).standard_normal((12_000, 4)).astype(np.float32)
+    model = KNNScore(x, tol=1e-4)
+    assert model.index.kind == "ivf" and model.index.nlist == scan_nlist(12_000) == 55
+    assert KNNScore(x[:5_000], tol=1e-4).index.kind == "flat"  # auto: flat below 10 000 rows
+    assert TrainingIndex(x, kind="ivf").nlist == round(4 * math.sqrt(12_000))
+    y = x[:40] + 0.01
+    res = model.evaluate(y, 0.01)
+    exact = ns.EmpiricalScore(x).evaluate(y, 0.01)
+    assert np.all(res.path == "ivf-certified")
+    # denoiser_rel: the bound is on ||D - D_exact|| / R; 1e-6 |D| covers the dense engine's float32 result
+    err = np.linalg.norm(res.denoised.astype(np.float64) - exact.denoised, axis=1) / model.data.radius
+    slack = 1e-6 * np.linalg.norm(exact.denoised, axis=1) / model.data.radius
+    assert np.all(err <= res.error_bound * (1 + 1e-9) + slack)

@@ -64,8 +64,9 @@ def scan_nlist(n: int) -> int:
 
     Whole cells are scanned, so fewer, larger cells than a search index's 4 sqrt(N) cost less in
     per-cell bounds and merges.  Measured on bench/knn.py's data (N = 10^6 image patches, d = 64,
-    M = 1024, tol 1e-4): KNNScore took 0.055-0.061 / 0.076-0.094 / 0.25-0.32 s at sigma = 1e-4 /
-    1e-3 / 1e-2 with 500 or 1000 cells, 0.089 / 0.12 / 0.26 s with 250, 0.17 / 0.16 / 0.51 s with 4000.
+    M = 1024, tol 1e-4): KNNScore took 0.055-0.061 / 0.076-0.084 / 0.25-0.27 s at sigma = 1e-4 /
+    1e-3 / 1e-2 with 500 cells, 0.076 / 0.094 / 0.32 s with 1000, 0.089 / 0.12 / 0.26 s with 250,
+    and 0.17 / 0.16 / 0.51 s with 4000 (stop 16; README "Certified nearest neighbours").
     """
     return max(1, min(int(n), int(round(0.5 * math.sqrt(n)))))
 _INDEX_FILE = "index.faiss"
