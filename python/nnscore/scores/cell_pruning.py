@@ -98,11 +98,13 @@ class CellPruning:
         return int(self.sizes.size)
 
     def partials(self, backend: str, y: np.ndarray, sigma: np.ndarray, data: _backends.TrainingData,
-                 threads, diagnostics: dict | None = None) -> Partial:  # fmt: skip
+                 threads, diagnostics: dict | None = None, fast_tol: float | None = None) -> Partial:  # fmt: skip
         """The dense reduction of ``y`` (M, D) at ``sigma`` (M,) with exactly skippable cells
         skipped; ``threads(work)`` gives the thread count for ``work`` flops.  ``diagnostics``
-        (a dict) receives ``rows_scanned`` (M,) and, for cpp, ``n_exact``."""
+        (a dict) receives ``rows_scanned`` (M,) and, for cpp, ``n_exact``.  ``fast_tol`` lowers
+        the GEMM-form logit error target as for :func:`~nnscore.backends.partials_dense`."""
         n_q, n = y.shape[0], data.n_points
+        ftol = min(_backends.FAST_TOL[data.points.dtype], fast_tol or np.inf)
         if n_q == 0:
             return _backends.partials_dense(backend, y, sigma, data, threads(0.0), diagnostics=diagnostics)
         log_cut = _backends.skip_log_cut(n, data.points.dtype)
@@ -125,7 +127,7 @@ class CellPruning:
         if maybe.size:
             own = np.zeros(upper.shape, dtype=np.uint8)
             own[np.arange(maybe.size), nearest] = 1
-            first, first_exact = self._scan(backend, ym, sm, own, data, threads)
+            first, first_exact = self._scan(backend, ym, sm, own, data, threads, ftol)
             floor = first.m - data.log_w_shift - log_cut  # every term below it may be skipped
             scan = (upper >= floor[:, None]) & (own == 0)
             rows_m = self.sizes[nearest] + scan.astype(np.int64) @ self.sizes
@@ -137,7 +139,7 @@ class CellPruning:
         blocks = []
         n_exact = np.zeros(n_q, dtype=np.int64)
         if maybe.size:
-            rest, rest_exact = self._scan(backend, ym, sm, scan.astype(np.uint8), data, threads)
+            rest, rest_exact = self._scan(backend, ym, sm, scan.astype(np.uint8), data, threads, ftol)
             p = merge(first, rest)
             top1 = np.where(p.top1 >= 0, self.order[np.maximum(p.top1, 0)], -1)
             blocks.append((maybe, Partial(m=p.m, z=p.z, v=p.v, q=p.q, z2=p.z2, top1=top1)))
@@ -147,7 +149,7 @@ class CellPruning:
             diag: dict = {}
             work = 4.0 * idx.size * n * data.dim
             blocks.append((idx, _backends.partials_dense(backend, y[idx], sigma[idx], data, threads(work),
-                                                         diagnostics=diag)))  # fmt: skip
+                                                         diagnostics=diag, fast_tol=ftol)))  # fmt: skip
             n_exact[idx] = diag.get("n_exact", 0)
         if diagnostics is not None:
             diagnostics["rows_scanned"] = rows
@@ -155,11 +157,11 @@ class CellPruning:
                 diagnostics["n_exact"] = n_exact
         return assemble(blocks, n_q, data.dim, data.log_mass)
 
-    def _scan(self, backend, y, sigma, marked, data, threads) -> tuple[Partial, np.ndarray]:
+    def _scan(self, backend, y, sigma, marked, data, threads, fast_tol) -> tuple[Partial, np.ndarray]:
         """(partial over the marked cells, top1 in cell order; its float64 recompute counts)."""
         work = 4.0 * float(np.sum(marked.astype(np.int64) @ self.sizes)) * data.dim
         diag: dict = {}
         p = _backends.partials_cells(backend, y, sigma, self.cells, marked, threads(work),
                                      log_w_shift=data.log_w_shift, log_mass=data.log_mass,
-                                     fast_tol=_backends.FAST_TOL[data.points.dtype], diagnostics=diag)  # fmt: skip
+                                     fast_tol=fast_tol, diagnostics=diag)  # fmt: skip
         return p, diag.get("n_exact", np.zeros(y.shape[0], dtype=np.int64))

@@ -47,6 +47,7 @@ from ..exceptions import PrecisionWarning
 from ..index.faiss_index import _AUTO_FLAT_MAX, TrainingIndex, scan_nlist
 from ..partials import Partial, assemble, merge, take
 from .base import ScoreModel, schedule_coefficients
+from .cell_pruning import CellPruning
 from .empirical import EmpiricalScore
 from .result import ScoreResult, result_from_partial
 
@@ -263,10 +264,16 @@ class KNNScore(ScoreModel):
         self._prior = PriorMass(self.data)
         if self.index.kind == "ivf":
             order, offsets = self.index.cell_order, self.index.cell_offsets
-            # Cell-sorted copy: each cell is one contiguous segment of the gathered kernel.
-            self._cells = _backends.CellSortedData.build(
-                np.ascontiguousarray(self.data.points[order]),
-                None if log_w is None else np.ascontiguousarray(log_w[order]), offsets)
+            # Cell-sorted copy: each cell is one contiguous segment of the gathered kernel.  On the
+            # host backends it is the exact engine's too: the queries that fall back skip the
+            # cells the dense kernels may skip (EmpiricalScore(cells=...)), for no extra memory.
+            if self.backend in ("cpp", "numba"):
+                self._exact.cells = CellPruning(self.data, self.index)
+                self._cells = self._exact.cells.cells
+            else:
+                self._cells = _backends.CellSortedData.build(
+                    np.ascontiguousarray(self.data.points[order]),
+                    None if log_w is None else np.ascontiguousarray(log_w[order]), offsets)
             sizes = np.diff(offsets)
             if log_w is None:
                 mass = sizes.astype(np.float64)
@@ -499,9 +506,12 @@ class KNNScore(ScoreModel):
                 ftol = min(ftol, 0.45 * self.tol / (8.0 * R * R)) if R > 0 else ftol
             elif R > 0:
                 ftol = min(ftol, 0.45 * float(np.min(eta[rows])) / (2.0 * R))
-        work = 4.0 * rows.size * self.n_train * self.dim
-        p = _backends.partials_dense(self.backend, np.ascontiguousarray(y[rows]), st[rows], self.data,
-                                     self._threads(work), fast_tol=ftol)  # fmt: skip
+        yr = np.ascontiguousarray(y[rows])
+        if self._exact.cells is not None:  # the same engine and guarantee, cells skipped (cell_pruning)
+            p = self._exact.cells.partials(self.backend, yr, st[rows], self.data, self._threads, fast_tol=ftol)
+        else:
+            work = 4.0 * rows.size * self.n_train * self.dim
+            p = _backends.partials_dense(self.backend, yr, st[rows], self.data, self._threads(work), fast_tol=ftol)
         _scatter(parts, rows, p)
         rel, logit = self._rounding(p, self.n_train)
         r_y, dist_c = candidate_geometry(self.data, p, y[rows])
