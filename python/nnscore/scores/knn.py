@@ -21,7 +21,8 @@ a kNN list, per-cell bounds ``L_c`` for IVF; see :class:`~nnscore.TrainingIndex`
 The bound reported is the smaller of (ii) and (iii) plus a float64 rounding allowance; the
 result's final cast to a float32 query dtype is not included.  A query whose bound cannot meet
 ``tol`` within ``k_max`` neighbours (kNN) or within a scan budget (IVF) goes to the exact dense
-engine (``fallback="exact"``; its ``error_bound`` is then the dense engine's accuracy target,
+engine (``fallback="exact"``; with an IVF index on the host backends it skips the cells the dense
+kernels may skip, see ``cell_pruning``; its ``error_bound`` is then the dense engine's accuracy target,
 which its rounding model guarantees but which is not an a-posteriori certificate) or raises
 (``fallback="error"``).  HNSW indexes give no certificate: their queries are ``"uncertified"``
 (``error_bound`` NaN) and never fall back.  Where ``tol`` is below what float64 resolves (a
