@@ -41,7 +41,8 @@ def parse_args(argv=None):
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--tol-kind", default="denoiser_rel")
     ap.add_argument("--kind", default="auto", help="TrainingIndex kind")
-    ap.add_argument("--nlist", type=int, default=0, help="IVF cells (0: nnscore.index.scan_nlist(N), as KNNScore(train) uses)")
+    ap.add_argument("--nlist", type=int, default=0,
+                    help="IVF cells (0: nnscore.index.scan_nlist(N), as KNNScore(train) uses)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--nref", type=int, default=128)
     ap.add_argument("--peer-k", type=int, default=64)
@@ -124,10 +125,8 @@ def main(argv=None):
     R = exact.data.radius
 
     rss0 = rss_mib()
-    ivf = args.kind == "ivf" or (args.kind == "auto" and n >= 10_000)
-    nlist = (args.nlist or ns.index.scan_nlist(n)) if ivf else None
     index, t_index = timed(lambda: ns.TrainingIndex(X, kind=args.kind, n_threads=args.threads, rng=args.seed,
-                                                    nlist=nlist))
+                                                    nlist=args.nlist or "scan"))
     rss1 = rss_mib()
     model, t_model = timed(lambda: ns.KNNScore(index, tol=args.tol, tol_kind=args.tol_kind, n_threads=args.threads))
     rss2 = rss_mib()

@@ -741,6 +741,10 @@ def test_scan_nlist_and_knnscore_default_cells():
     assert model.index.kind == "ivf" and model.index.nlist == scan_nlist(12_000) == 55
     assert KNNScore(x[:5_000], tol=1e-4).index.kind == "flat"  # auto: flat below 10 000 rows
     assert TrainingIndex(x, kind="ivf").nlist == round(4 * math.sqrt(12_000))
+    assert TrainingIndex(x, kind="ivf", nlist="scan").nlist == 55
+    assert TrainingIndex(x[:5_000], nlist="scan").kind == "flat"  # "scan" only sizes IVF indexes
+    with pytest.raises((TypeError, ValueError), match="nlist"):
+        TrainingIndex(x, kind="ivf", nlist="many")
     y = x[:40] + 0.01
     res = model.evaluate(y, 0.01)
     exact = ns.EmpiricalScore(x).evaluate(y, 0.01)

@@ -164,7 +164,8 @@ class TrainingIndex:
 
     Parameters: ``train`` (N, d) or (N, *shape) finite floats; ``kind`` "auto" (flat for N < 10 000,
     else IVF with ``nlist ~ 4 sqrt(N)``), "flat", "ivf" or "hnsw" (uncertified); ``metric`` "l2"
-    only; ``n_threads`` for faiss (None: ``effective_n_threads()``); ``nlist``/``nprobe`` for IVF;
+    only; ``n_threads`` for faiss (None: ``effective_n_threads()``); ``nlist``/``nprobe`` for IVF
+    (``nlist="scan"``: :func:`scan_nlist`, for indexes whose cells are scanned whole);
     ``hnsw_m`` for HNSW; ``rng`` seeds the IVF training subsample and k-means.
     """
 
@@ -191,6 +192,8 @@ class TrainingIndex:
             elif kind == "ivf":
                 if nlist is None:
                     nlist = max(1, min(n, int(round(4.0 * math.sqrt(n)))))
+                elif isinstance(nlist, str) and nlist == "scan":
+                    nlist = scan_nlist(n)
                 nlist = self._check_pos_int(nlist, "nlist")
                 if nlist > n:
                     raise ValueError(f"nlist: must be <= N={n}, got {nlist}")

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import backends as _backends
 from .._validation import check_int
-from ..index.faiss_index import TrainingIndex, scan_nlist
+from ..index.faiss_index import TrainingIndex
 from ..partials import Partial, assemble, merge, take
 
 __all__ = ["CellPruning", "PRUNE_MAX_FRACTION", "AUTO_MIN_ROWS"]
@@ -84,7 +84,7 @@ class CellPruning:
                                  f"got {cells!r}")  # fmt: skip
             if n < AUTO_MIN_ROWS:
                 return None
-            nlist = scan_nlist(n)
+            nlist = "scan"
         else:
             nlist = check_int(cells, "cells", minimum=1)
             if nlist > n:

@@ -45,7 +45,7 @@ from .. import schedules as _schedules
 from .._threads import effective_n_threads
 from .._validation import check_int
 from ..exceptions import PrecisionWarning
-from ..index.faiss_index import _AUTO_FLAT_MAX, TrainingIndex, scan_nlist
+from ..index.faiss_index import TrainingIndex
 from ..partials import Partial, assemble, merge, take
 from .base import ScoreModel, schedule_coefficients
 from .cell_pruning import CellPruning
@@ -225,10 +225,7 @@ class KNNScore(ScoreModel):
             self.index = train_or_index
             shape = (self.index.d,)
         else:
-            n_rows = int(np.shape(train_or_index)[0])
-            ivf = index_kind == "ivf" or (index_kind == "auto" and n_rows > _AUTO_FLAT_MAX)
-            self.index = TrainingIndex(train_or_index, kind=index_kind, n_threads=n_threads, rng=rng,
-                                       nlist=scan_nlist(n_rows) if ivf else None)  # fmt: skip
+            self.index = TrainingIndex(train_or_index, kind=index_kind, n_threads=n_threads, rng=rng, nlist="scan")
             shape = tuple(np.shape(train_or_index)[1:])  # (N, *shape): queries may keep the shape
         self._exact = EmpiricalScore(self.index._train, weights=weights, schedule=schedule, backend=backend,
                                      n_threads=n_threads)  # fmt: skip
