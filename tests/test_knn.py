@@ -670,9 +670,9 @@ def test_ivf_first_probe_is_nearest_centroid_cell():
     first = {}  # per block of queries (the pilot, then the rest): the cells of its first scan
     scan = model._cells_partial
 
-    def spy(yb, sb, cells, log_cut):
+    def spy(yb, sb, cells, log_cut, floor=None):
         first.setdefault(yb.shape[0], cells.copy())
-        return scan(yb, sb, cells, log_cut)
+        return scan(yb, sb, cells, log_cut, floor)
 
     model._cells_partial = spy
     res = model.evaluate(q, 1e-4)

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>  // std::optional for log_w=None
 
+#include <cmath>
 #include <optional>
 #include <vector>
 #include <string>
@@ -220,7 +221,10 @@ void bind_cells(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_s
                 py::array_t<double> m, py::array_t<double> z, py::array_t<double> v, py::array_t<double> q,
                 py::array_t<double> z2, py::array_t<std::int64_t> top1, py::array_t<std::int64_t> n_exact,
                 double fast_tol, double log_cut, int n_threads, int simd_level,
-                std::optional<py::array_t<std::uint8_t>> row_repeats) {
+                std::optional<py::array_t<std::uint8_t>> row_repeats,
+                std::optional<py::array_t<double>> row_keys, std::optional<py::array_t<double>> query_keys,
+                std::optional<py::array_t<double>> floor, std::optional<py::array_t<double>> cell_log_w_max,
+                double key_slack) {
   const DenseProblem<T> P =
       dense_problem<T>(y, x, x_half_sqnorm, log_w, nullptr, sigma, 0.0, fast_tol, log_cut, row_repeats);
   const index_t M = P.M, d = P.d;
@@ -240,9 +244,22 @@ void bind_cells(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_s
                   checked_out(q, "q", M), checked_out(z2, "z2", M), checked_out(top1, "top1", M),
                   checked_out(n_exact, "n_exact", M)};
   NNSCORE_CHECK(simd_level >= 0 && simd_level <= 2, "simd_level: expected 0, 1 or 2");
+  const int n_keys = row_keys.has_value() + query_keys.has_value() + floor.has_value() + cell_log_w_max.has_value();
+  NNSCORE_CHECK(n_keys == 0 || n_keys == 4, "row_keys, query_keys, floor, cell_log_w_max: give all four or none");
+  KeyWindows windows{};
+  if (n_keys) {
+    windows.row_keys = checked_vec<T>(*row_keys, "row_keys", P.N);
+    windows.query_keys = checked_vec<T>(*query_keys, "query_keys", M);
+    windows.floor = checked_vec<T>(*floor, "floor", M);
+    windows.cell_log_w_max = checked_vec<T>(*cell_log_w_max, "cell_log_w_max", n_cells);
+    windows.slack = key_slack;
+    // The order of row_keys within the cells is trusted (CellSortedData.keyed sorts them; an
+    // O(N) check per call would cost as much as a small-sigma scan).
+    NNSCORE_CHECK(key_slack >= 0.0 && std::isfinite(key_slack), "key_slack: must be finite and >= 0");
+  }
   py::gil_scoped_release release;
   partials_cells<T>(P, probed.data(), n_cells, offs, cell_centers.data(), radii, out, n_threads,
-                    static_cast<SimdLevel>(simd_level));
+                    static_cast<SimdLevel>(simd_level), n_keys ? &windows : nullptr);
 }
 
 template <class T>
@@ -250,17 +267,23 @@ void def_cells(py::module_& m, const char* name) {
   m.def(name, &bind_cells<T>,
         "partials_cells_{f32,f64}(y, x, x_half_sqnorm, log_w, sigma, probed, cell_offsets, cell_centers,\n"
         "    cell_radii, m, z, v, q, z2, top1, n_exact, fast_tol, log_cut, n_threads, simd_level,\n"
-        "    row_repeats=None)\n\n"
+        "    row_repeats=None, row_keys=None, query_keys=None, floor=None, cell_log_w_max=None, key_slack=0)\n\n"
         "Partials of query i over the rows of the cells c with probed[i, c] != 0 of a cell-sorted x\n"
         "(cell c: rows [cell_offsets[c], cell_offsets[c+1]), products about cell_centers[c], radius\n"
         "cell_radii[c]; x_half_sqnorm about each row's cell centre), through the dense tile kernel one\n"
-        "cell at a time; fast_tol=0 keeps every term within log_cut exact (float64). top1 indexes x.",
+        "cell at a time; fast_tol=0 keeps every term within log_cut exact (float64). top1 indexes x.\n"
+        "With the four key arrays (rows ascending by key within each cell): query i reduces only\n"
+        "the rows of cell c with |key - query_keys[i]| <= sqrt(2 sigma^2 (cell_log_w_max[c] -\n"
+        "floor[i])) (1 + 1e-12) + key_slack (nnscore/cells.hpp).",
         py::arg("y").noconvert(), py::arg("x").noconvert(), py::arg("x_half_sqnorm").noconvert(),
         py::arg("log_w").noconvert(), py::arg("sigma").noconvert(), py::arg("probed").noconvert(),
         py::arg("cell_offsets").noconvert(), py::arg("cell_centers").noconvert(), py::arg("cell_radii").noconvert(),
         py::arg("m").noconvert(), py::arg("z").noconvert(), py::arg("v").noconvert(), py::arg("q").noconvert(),
         py::arg("z2").noconvert(), py::arg("top1").noconvert(), py::arg("n_exact").noconvert(), py::arg("fast_tol"),
-        py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"), py::arg("row_repeats").noconvert() = py::none());
+        py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"), py::arg("row_repeats").noconvert() = py::none(),
+        py::arg("row_keys").noconvert() = py::none(), py::arg("query_keys").noconvert() = py::none(),
+        py::arg("floor").noconvert() = py::none(), py::arg("cell_log_w_max").noconvert() = py::none(),
+        py::arg("key_slack") = 0.0);
 }
 
 void bind_ivf_bounds(py::array_t<double> G, py::array_t<double> qn, py::array_t<double> cn, py::array_t<double> radii,

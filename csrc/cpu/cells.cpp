@@ -2,6 +2,7 @@
 #include "nnscore/cells.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -39,7 +40,7 @@ PartialRef ref(const DenseOutput& o, index_t i, index_t d) {
 template <class T>
 void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_t n_cells,
                     const std::int64_t* cell_offsets, const T* cell_centers, const double* cell_radii,
-                    const DenseOutput& out, int n_threads, SimdLevel level) {
+                    const DenseOutput& out, int n_threads, SimdLevel level, const KeyWindows* windows) {
   NNSCORE_CHECK(P.d >= 1 && P.N >= 1 && P.M >= 0 && n_cells >= 1, "partials_cells: need d >= 1, N >= 1, cells >= 1");
   NNSCORE_CHECK(cell_offsets[0] == 0 && cell_offsets[n_cells] == P.N, "partials_cells: cell_offsets must span [0, N]");
   NNSCORE_CHECK(simd_level_compiled(level), "partials_cells: SIMD level " << simd_level_name(level)
@@ -53,37 +54,91 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
   if (n_threads < 1) n_threads = 1;
   const DenseBlockFn<T> fn = dense_block_fn<T>(level);
 
-  // Cell -> queries (CSR, queries ascending), cells with rows and at least one query only.
-  std::vector<index_t> count(n_cells, 0);
-  for (index_t i = 0; i < M; ++i)
-    for_marked(probed + i * n_cells, n_cells, [&](index_t c) { ++count[c]; });
-  // Work pieces: (cell, row range), a large cell split so that no piece dominates a thread.
-  constexpr index_t kPieceRows = 4096;
-  std::vector<index_t> cells, ptr{0}, piece_cell, piece_r0, piece_r1, piece_slot;
-  std::vector<double> work;  // rows x queries: the cost estimate that balances the chunks
-  for (index_t c = 0; c < n_cells; ++c) {
-    const index_t rows = cell_offsets[c + 1] - cell_offsets[c];
-    NNSCORE_CHECK(rows >= 0, "partials_cells: cell_offsets must be non-decreasing");
-    if (rows == 0 || count[c] == 0) continue;
-    for (index_t r = 0; r < rows; r += kPieceRows) {
-      piece_cell.push_back(c);
-      piece_slot.push_back(static_cast<index_t>(cells.size()));
-      piece_r0.push_back(cell_offsets[c] + r);
-      piece_r1.push_back(cell_offsets[c] + std::min(rows, r + kPieceRows));
-      work.push_back(static_cast<double>(std::min(kPieceRows, rows - r)) * static_cast<double>(count[c] + 4));
-    }
-    cells.push_back(c);
-    ptr.push_back(ptr.back() + count[c]);
-  }
-  const index_t n_used = static_cast<index_t>(cells.size()), n_pieces = static_cast<index_t>(work.size());
-  if (n_used == 0) return;
-  std::vector<index_t> slot(n_cells, -1);
-  for (index_t k = 0; k < n_used; ++k) slot[cells[k]] = k;
-  std::vector<index_t> members(ptr.back()), fill(ptr.begin(), ptr.end() - 1);
+  // (query, cell) pairs with their rows: the whole cell, or the window given for that pair.
+  struct Pair {
+    index_t cell, query, lo, hi;
+  };
+  std::vector<Pair> pairs;
+  std::vector<index_t> count(n_cells + 1, 0);
+  const double ninf = -std::numeric_limits<double>::infinity();
   for (index_t i = 0; i < M; ++i)
     for_marked(probed + i * n_cells, n_cells, [&](index_t c) {
-      if (slot[c] >= 0) members[fill[slot[c]]++] = i;
+      index_t lo = cell_offsets[c], hi = cell_offsets[c + 1];
+      if (windows && hi > lo) {
+        // Rows of cell c with logit >= floor have |key - query key| <= h (cells.hpp).
+        const double top = windows->cell_log_w_max[c], s = P.sigma[i];
+        const double h2 = top == ninf ? -1.0 : 2.0 * s * s * (top - windows->floor[i]);
+        if (!(h2 >= 0.0)) {
+          hi = lo;  // no mass, or every row below the floor (NaN: keep the cell whole)
+          if (std::isnan(h2)) hi = cell_offsets[c + 1];
+        } else if (h2 < std::numeric_limits<double>::infinity()) {
+          const double h = std::sqrt(h2) * (1.0 + 1e-12) + windows->slack, k = windows->query_keys[i];
+          const double* keys = windows->row_keys;
+          lo = std::lower_bound(keys + lo, keys + hi, k - h) - keys;
+          hi = std::upper_bound(keys + lo, keys + hi, k + h) - keys;
+        }
+      }
+      if (hi > lo) {
+        pairs.push_back(Pair{c, i, lo, hi});
+        ++count[c + 1];
+      }
     });
+  // By cell, then by window start (stable: queries ascending among equal windows).
+  for (index_t c = 0; c < n_cells; ++c) count[c + 1] += count[c];
+  std::vector<Pair> by_cell(pairs.size());
+  {
+    std::vector<index_t> fill(count.begin(), count.end() - 1);
+    for (const Pair& p : pairs) by_cell[fill[p.cell]++] = p;
+  }
+  for (index_t c = 0; c < n_cells; ++c)
+    std::stable_sort(by_cell.begin() + count[c], by_cell.begin() + count[c + 1],
+                     [](const Pair& a, const Pair& b) { return a.lo < b.lo || (a.lo == b.lo && a.hi < b.hi); });
+  std::vector<index_t> members(by_cell.size());
+  for (std::size_t k = 0; k < by_cell.size(); ++k) members[k] = by_cell[k].query;
+
+  // Groups: runs of a cell's queries (by window start) that share one pass over the union of
+  // their rows (one packing of those rows serves them all).  A pass over r rows for g queries
+  // costs about r (g + kPassQueries) query-rows (the packing and the memory traffic of the rows;
+  // the kernel's own estimate below uses 4) plus kPassFixed: a query joins the current group
+  // when that makes the joint pass cheaper than the two apart.  Whole cells: one group per cell.
+  // Work pieces: (group, row range), a large range split so that no piece dominates a thread.
+  constexpr double kPassQueries = 8.0, kPassFixed = 512.0;
+  constexpr index_t kPieceRows = 4096;
+  std::vector<index_t> piece_cell, piece_m0, piece_m1, piece_r0, piece_r1;
+  std::vector<double> work;  // rows x queries: the cost estimate that balances the chunks
+  auto add_group = [&](index_t c, index_t m0, index_t m1, index_t lo, index_t hi) {
+    for (index_t r = lo; r < hi; r += kPieceRows) {
+      piece_cell.push_back(c);
+      piece_m0.push_back(m0);
+      piece_m1.push_back(m1);
+      piece_r0.push_back(r);
+      piece_r1.push_back(std::min(hi, r + kPieceRows));
+      work.push_back(static_cast<double>(std::min(kPieceRows, hi - r)) * static_cast<double>(m1 - m0 + 4));
+    }
+  };
+  auto pass_cost = [&](index_t rows, index_t g) {
+    return static_cast<double>(rows) * (static_cast<double>(g) + kPassQueries) + kPassFixed;
+  };
+  for (index_t c = 0; c < n_cells; ++c) {
+    index_t m0 = count[c], lo = 0, hi = 0;
+    for (index_t k = count[c]; k < count[c + 1]; ++k) {
+      const Pair& p = by_cell[k];
+      if (k > m0) {
+        const index_t joint_hi = std::max(hi, p.hi), g = k - m0;
+        if (pass_cost(joint_hi - lo, g + 1) <= pass_cost(hi - lo, g) + pass_cost(p.hi - p.lo, 1)) {
+          hi = joint_hi;
+          continue;
+        }
+        add_group(c, m0, k, lo, hi);
+        m0 = k;
+      }
+      lo = p.lo;
+      hi = p.hi;
+    }
+    if (count[c + 1] > m0) add_group(c, m0, count[c + 1], lo, hi);
+  }
+  const index_t n_pieces = static_cast<index_t>(work.size());
+  if (n_pieces == 0) return;
 
   // Contiguous chunks of pieces of about equal work; chunk 0 accumulates into `out`.
   double total = 0;
@@ -108,10 +163,8 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
   std::vector<PartialBuffer> chunk_acc(n_chunks > 1 ? n_chunks - 1 : 0);
   for (index_t ch = 1; ch < n_chunks; ++ch) {
     std::vector<index_t>& qs = chunk_queries[ch];
-    for (index_t pc = bounds[ch]; pc < bounds[ch + 1]; ++pc) {
-      const index_t k = piece_slot[pc];
-      qs.insert(qs.end(), members.begin() + ptr[k], members.begin() + ptr[k + 1]);
-    }
+    for (index_t pc = bounds[ch]; pc < bounds[ch + 1]; ++pc)
+      qs.insert(qs.end(), members.begin() + piece_m0[pc], members.begin() + piece_m1[pc]);
     std::sort(qs.begin(), qs.end());
     qs.erase(std::unique(qs.begin(), qs.end()), qs.end());
     chunk_acc[ch - 1].resize(static_cast<index_t>(qs.size()), d);
@@ -136,12 +189,12 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
     std::vector<double> sig;
     PartialBuffer part;
     for (index_t pc = bounds[ch]; pc < bounds[ch + 1]; ++pc) {
-      const index_t k = piece_slot[pc], c = piece_cell[pc], r0 = piece_r0[pc], nq = ptr[k + 1] - ptr[k];
+      const index_t c = piece_cell[pc], r0 = piece_r0[pc], m0 = piece_m0[pc], nq = piece_m1[pc] - m0;
       ys.resize(static_cast<std::size_t>(nq * d));
       sig.resize(nq);
       part.resize(nq, d);
       for (index_t j = 0; j < nq; ++j) {
-        const index_t i = members[ptr[k] + j];
+        const index_t i = members[m0 + j];
         std::copy(P.y + i * P.ldy, P.y + i * P.ldy + d, ys.begin() + j * d);
         sig[j] = P.sigma[i];
       }
@@ -160,7 +213,7 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
       const DenseOutput po = part.view();
       fn(S, 0, nq, 0, S.N, po);
       for (index_t j = 0; j < nq; ++j) {
-        const index_t row = chunk_row(ch, members[ptr[k] + j]);
+        const index_t row = chunk_row(ch, members[m0 + j]);
         if (po.top1[j] >= 0) po.top1[j] += r0;
         partial_merge_into(ref(acc_out, row, d), ref(po, j, d), d);
         if (acc_out.n_exact) acc_out.n_exact[row] += po.n_exact[j];
@@ -179,8 +232,10 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
 }
 
 template void partials_cells<float>(const DenseProblem<float>&, const std::uint8_t*, index_t, const std::int64_t*,
-                                    const float*, const double*, const DenseOutput&, int, SimdLevel);
+                                    const float*, const double*, const DenseOutput&, int, SimdLevel,
+                                    const KeyWindows*);
 template void partials_cells<double>(const DenseProblem<double>&, const std::uint8_t*, index_t, const std::int64_t*,
-                                     const double*, const double*, const DenseOutput&, int, SimdLevel);
+                                     const double*, const double*, const DenseOutput&, int, SimdLevel,
+                                     const KeyWindows*);
 
 }  // namespace nnscore

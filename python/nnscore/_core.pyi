@@ -103,6 +103,11 @@ def partials_cells_f32(
     n_threads: int,
     simd_level: int,
     row_repeats: npt.NDArray[np.uint8] | None = ...,
+    row_keys: npt.NDArray[np.float64] | None = ...,
+    query_keys: npt.NDArray[np.float64] | None = ...,
+    floor: npt.NDArray[np.float64] | None = ...,
+    cell_log_w_max: npt.NDArray[np.float64] | None = ...,
+    key_slack: float = ...,
 ) -> None: ...
 def partials_cells_f64(
     y: npt.NDArray[np.float64],
@@ -126,6 +131,11 @@ def partials_cells_f64(
     n_threads: int,
     simd_level: int,
     row_repeats: npt.NDArray[np.uint8] | None = ...,
+    row_keys: npt.NDArray[np.float64] | None = ...,
+    query_keys: npt.NDArray[np.float64] | None = ...,
+    floor: npt.NDArray[np.float64] | None = ...,
+    cell_log_w_max: npt.NDArray[np.float64] | None = ...,
+    key_slack: float = ...,
 ) -> None: ...
 def third_moments_dense_f32(
     y: npt.NDArray[np.float32],

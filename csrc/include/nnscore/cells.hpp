@@ -26,9 +26,23 @@ namespace nnscore {
 /// Per-cell partials are merged in increasing cell order within fixed, work-balanced chunks of
 /// cells, then the chunks in order: the result depends only on (inputs, n_threads, level).
 /// Extra memory: O(chunks * M * d), chunks <= 16 n_threads and ~64 MiB (but >= 2 n_threads).
+/// `windows` (optional): each cell's rows sorted by a key <x - o, u> (u a unit vector), so that
+/// |key(y) - key(x)| <= ||y - x||.  Query i then reduces only the rows of cell c whose keys lie
+/// within h = sqrt(2 sigma_i^2 (cell_log_w_max[c] - floor[i])) (1 + 1e-12) + slack of its own:
+/// every other row has a logit below floor[i] (the caller makes floor[i] <= max logit - log_cut,
+/// so they are terms the kernel may skip anyway).  A window may be empty (the cell is skipped).
+/// Queries of a cell whose windows overlap share passes over the union of their rows.
+struct KeyWindows {
+  const double* row_keys;        ///< (N,) ascending within each cell
+  const double* query_keys;      ///< (M,)
+  const double* floor;           ///< (M,) logit floor, log_w frame (-inf: whole cells)
+  const double* cell_log_w_max;  ///< (n_cells,) max log_w of the cell (-inf: no mass)
+  double slack;                  ///< >= the rounding of any key difference
+};
+
 template <class T>
 void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_t n_cells,
                     const std::int64_t* cell_offsets, const T* cell_centers, const double* cell_radii,
-                    const DenseOutput& out, int n_threads, SimdLevel level);
+                    const DenseOutput& out, int n_threads, SimdLevel level, const KeyWindows* windows = nullptr);
 
 }  // namespace nnscore

@@ -364,10 +364,16 @@ def partials_cells(
     fast_tol: float = 0.0,
     level: int | None = None,
     diagnostics: dict | None = None,
+    floor: np.ndarray | None = None,
 ) -> Partial:
     """Partials of query i over the rows of the cells c with ``probed[i, c]`` of a cell-sorted
     training set (:class:`CellSortedData`).  Terms below (max - ``log_cut``) may be skipped
     (default :func:`skip_log_cut`; the other backends keep that default).
+    ``floor`` (B,), optional, in the frame of the returned ``m``: query i may skip every row
+    whose logit is below floor[i]; the caller guarantees floor[i] <= (max logit of the partial
+    the result is merged into) - log_cut, so these are terms the kernels may skip anyway.  With
+    the cells' keys (:meth:`CellSortedData.key_windows`) only the rows of a key window are
+    visited.
     ``fast_tol`` (cpp only, capped at :data:`FAST_TOL`): queries whose GEMM-form logits about a
     cell's centre are within it use them as the dense kernel's fast path does; 0 (default) puts
     every query on the selection path.  ``diagnostics`` (a dict, cpp) receives ``n_exact``.
@@ -382,10 +388,14 @@ def partials_cells(
         return dataclasses.replace(empty_partial(0, dim), log_mass=log_mass)
     probed = np.ascontiguousarray(probed, dtype=np.uint8)
     offsets = cells.offsets
+    keyed = floor is not None and cells.row_keys is not None
+    if keyed:
+        floor = np.ascontiguousarray(np.asarray(floor, dtype=np.float64) - log_w_shift)  # the kernels' frame
     if backend != "cpp":
         q_of, c_of = np.nonzero(probed)
+        lo, hi = cells.key_windows(y, sigma, probed, floor) if keyed else (offsets[c_of], offsets[c_of + 1])
         seg = Segments(np.concatenate([[0], np.cumsum(np.bincount(q_of, minlength=n_q))]).astype(np.int64),
-                       offsets[c_of], offsets[c_of + 1] - offsets[c_of])  # fmt: skip
+                       lo, hi - lo)  # fmt: skip
         return partials_segments(backend, y, sigma, cells.points, cells.log_w, seg, n_threads,
                                  log_w_shift=log_w_shift, log_mass=log_mass, level=level)  # fmt: skip
     m, z, q, z2 = (np.empty(n_q) for _ in range(4))
@@ -393,6 +403,10 @@ def partials_cells(
     top1 = np.empty(n_q, dtype=np.int64)
     n_exact = np.empty(n_q, dtype=np.int64)
     points = cells.points
+    key_args: tuple = ()
+    if keyed:  # the kernel finds the windows of CellSortedData.key_windows itself
+        query_keys, slack = cells.query_keys(y)
+        key_args = (cells.row_keys, query_keys, floor, cells.log_w_max, slack)
     kernel = _core.partials_cells_f32 if points.dtype == np.float32 else _core.partials_cells_f64
     kernel(
         y, points, cells.half_sqnorm, cells.log_w, sigma, probed, offsets, cells.centers, cells.radii,
@@ -401,6 +415,7 @@ def partials_cells(
         n_threads,
         simd_level() if level is None else level,
         cells.row_repeats,
+        *key_args,
     )  # fmt: skip
     if diagnostics is not None:
         diagnostics["n_exact"] = n_exact
@@ -414,8 +429,14 @@ class CellSortedData:
     ``points`` (N, D) and ``log_w`` are in cell order; cell c owns rows ``offsets[c] ..
     offsets[c+1]-1`` and has centre ``centers[c]`` (its mean rounded to the points' dtype),
     ``radii[c]`` >= max ||x - centers[c]|| over its rows, ``half_sqnorm[j]`` =
-    ||x_j - centre of j's cell||^2 / 2 (float64), and ``row_repeats`` as for
-    :class:`TrainingData` (duplicates of a cell mostly sit together in cell order)."""
+    ||x_j - centre of j's cell||^2 / 2 (float64), ``log_w_max[c]`` the largest ``log_w`` of
+    the cell (0 for unit weights, -inf if empty), and ``row_repeats`` as for
+    :class:`TrainingData` (duplicates of a cell mostly sit together in cell order).
+
+    Keys (:meth:`keyed`, optional): ``row_keys[j]`` = <x_j - key_origin, key_axis> (float64,
+    ``key_axis`` a unit vector: the data's principal axis), ascending within each cell.  Since
+    |<y - x, u>| <= ||y - x||, a query visits only the rows of a cell whose keys lie near its own
+    (:meth:`key_windows`): at small sigma a thin slice of the cell."""
 
     points: np.ndarray
     log_w: np.ndarray | None
@@ -424,6 +445,73 @@ class CellSortedData:
     radii: np.ndarray
     half_sqnorm: np.ndarray
     row_repeats: np.ndarray | None = None
+    log_w_max: np.ndarray | None = None
+    key_axis: np.ndarray | None = None
+    key_origin: np.ndarray | None = None
+    row_keys: np.ndarray | None = None
+    key_reach: float = 0.0  # max ||x_j - key_origin||: scales the keys' rounding
+
+    @classmethod
+    def keyed(cls, points: np.ndarray, log_w: np.ndarray | None, order: np.ndarray, offsets: np.ndarray,
+              origin: np.ndarray, chunk_rows: int = 1 << 16) -> tuple["CellSortedData", np.ndarray]:  # fmt: skip
+        """The cells of ``order`` / ``offsets`` (an IVF index's lists over ``points``), each sorted
+        by key about ``origin`` (D,); returns (data, row order: sorted row j is points[order[j]])."""
+        order = np.asarray(order, dtype=np.int64)
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        origin = np.asarray(origin, dtype=np.float64)
+        axis = principal_axis(points, origin)
+        n = points.shape[0]
+        keys = np.empty(n)
+        reach = 0.0
+        for s in range(0, n, chunk_rows):
+            rows = points[order[s : s + chunk_rows]].astype(np.float64) - origin
+            keys[s : s + chunk_rows] = rows @ axis
+            reach = max(reach, float(np.sqrt(np.max(np.einsum("ij,ij->i", rows, rows), initial=0.0))))
+        cell_of_row = np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
+        within = np.lexsort((keys, cell_of_row))  # stable: equal keys keep the index's order
+        order, keys = order[within], keys[within]
+        data = cls.build(np.ascontiguousarray(points[order]),
+                         None if log_w is None else np.ascontiguousarray(log_w[order]), offsets, chunk_rows)
+        data = dataclasses.replace(data, key_axis=axis, key_origin=origin, row_keys=keys,
+                                   key_reach=reach * (1.0 + 1e-12))  # fmt: skip
+        return data, order
+
+    def query_keys(self, y: np.ndarray) -> tuple[np.ndarray, float]:
+        """(keys of the rows of ``y`` (B, D), a bound on the float64 rounding of any key difference)."""
+        yc = y.astype(np.float64) - self.key_origin
+        reach = float(np.sqrt(np.max(np.einsum("ij,ij->i", yc, yc), initial=0.0)))
+        # each key is a float64 dot product of D terms: error <= (D + 2) u64 ||a|| ||u|| (u unit to 1 ulp)
+        slack = 2.0 * (yc.shape[1] + 2) * 2.0**-53 * (reach + self.key_reach) * 2.0
+        return yc @ self.key_axis, slack
+
+    def key_windows(self, y: np.ndarray, sigma: np.ndarray, probed: np.ndarray,
+                    floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Row windows [lo, hi) of the marked (query, cell) pairs of ``probed`` (row-major order)
+        that hold every row whose logit (kernels' log_w frame) can reach ``floor`` (B,): a row x
+        of cell c has logit <= log_w_max[c] - <y - x, u>^2 / (2 sigma^2), so its key lies within
+        sqrt(2 sigma^2 (log_w_max[c] - floor)) of the query's.  Rows outside lie below floor;
+        an empty window (lo == hi) leaves the cell out."""
+        q_of, c_of = np.nonzero(probed)
+        ky, slack = self.query_keys(y)
+        sig = np.asarray(sigma, dtype=np.float64)[q_of]
+        top = self.log_w_max[c_of]
+        with np.errstate(invalid="ignore"):
+            h2 = 2.0 * sig * sig * (top - np.asarray(floor, dtype=np.float64)[q_of])
+        h2 = np.where(np.isneginf(top), -1.0, np.where(np.isnan(h2), np.inf, h2))  # empty cell / floor -inf
+        h = np.sqrt(np.maximum(h2, 0.0)) * (1.0 + 1e-12) + slack
+        lo = _bisect(self.row_keys, self.offsets[c_of], self.offsets[c_of + 1], ky[q_of] - h, right=False)
+        hi = _bisect(self.row_keys, lo, self.offsets[c_of + 1], ky[q_of] + h, right=True)
+        hi = np.where(h2 < 0.0, lo, hi)
+        return np.ascontiguousarray(lo, dtype=np.int64), np.ascontiguousarray(hi, dtype=np.int64)
+
+    def key_neighbours(self, y: np.ndarray, cell: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(start, length) of the run of at most ``k`` rows of cell ``cell[i]`` whose keys are
+        nearest query i's (centred on its key's rank, clipped to the cell)."""
+        ky, _ = self.query_keys(y)
+        c0, c1 = self.offsets[cell], self.offsets[cell + 1]
+        pos = _bisect(self.row_keys, c0, c1, ky, right=False)
+        start = np.clip(pos - k // 2, c0, np.maximum(c1 - k, c0))
+        return start, np.minimum(c1 - start, k)
 
     @classmethod
     def build(cls, points: np.ndarray, log_w: np.ndarray | None, offsets: np.ndarray,
@@ -453,8 +541,44 @@ class CellSortedData:
             top[full] = np.maximum.reduceat(half_sqnorm, offsets[full])
         # float64 rounding of the squared distances (<= (D + 2) u64 relative) covered with room
         radii = np.sqrt(2.0 * top) * (1.0 + 1e-12)
+        log_w_max = np.where(sizes > 0, 0.0, -np.inf)
+        if log_w is not None and full.size:
+            log_w_max[full] = np.maximum.reduceat(log_w, offsets[full])
         return cls(points, log_w, offsets, np.ascontiguousarray(centers), radii, half_sqnorm,
-                   repeats if repeats.any() else None)
+                   repeats if repeats.any() else None, log_w_max)
+
+
+def principal_axis(points: np.ndarray, origin: np.ndarray, n_sample: int = 16384, n_iter: int = 30) -> np.ndarray:
+    """A unit vector along the largest variance of ``points`` (N, D) about ``origin``: power
+    iteration on an evenly strided sample, from a fixed start (the same axis on every build).
+    Any unit vector keeps the key windows exact; the principal one makes them thinnest."""
+    step = max(1, points.shape[0] // n_sample)
+    z = points[::step][:n_sample].astype(np.float64) - origin
+    u = np.ones(z.shape[1]) + np.arange(z.shape[1]) / z.shape[1]  # fixed start, not orthogonal to any axis
+    for _ in range(n_iter):
+        w = z.T @ (z @ u)
+        norm = float(np.linalg.norm(w))
+        if not norm > 0.0:  # all sample rows at the origin: any axis will do
+            break
+        u = w / norm
+    return u / np.linalg.norm(u)
+
+
+def _bisect(keys: np.ndarray, lo: np.ndarray, hi: np.ndarray, target: np.ndarray, right: bool) -> np.ndarray:
+    """Vectorised binary search: for each i the first j in [lo[i], hi[i]) with keys[j] >= target[i]
+    (right=False) or > target[i] (right=True), hi[i] if none; keys ascending on each range."""
+    lo = np.array(lo, dtype=np.int64)
+    hi = np.array(hi, dtype=np.int64)
+    target = np.asarray(target, dtype=np.float64)
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo
+        mid = (lo + hi) // 2
+        k = keys[np.where(active, mid, 0)]
+        go = (k <= target) if right else (k < target)
+        lo = np.where(active & go, mid + 1, lo)
+        hi = np.where(active & ~go, mid, hi)
 
 
 def skip_log_cut(n_points: int, dtype) -> float:

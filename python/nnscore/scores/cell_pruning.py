@@ -28,7 +28,7 @@ from .._validation import check_int
 from ..index.faiss_index import TrainingIndex
 from ..partials import Partial, assemble, merge, take
 
-__all__ = ["CellPruning", "PRUNE_MAX_FRACTION", "AUTO_MIN_ROWS"]
+__all__ = ["CellPruning", "PRUNE_MAX_FRACTION", "AUTO_MIN_ROWS", "pilot_max"]
 
 #: A query whose cells to scan hold more than this fraction of the rows takes the dense kernel.
 #: Measured at small sigma (README grid data, M = 1024, N = 10^5, 316 cells): per row scanned the
@@ -37,6 +37,9 @@ __all__ = ["CellPruning", "PRUNE_MAX_FRACTION", "AUTO_MIN_ROWS"]
 PRUNE_MAX_FRACTION = 0.2
 #: ``cells="auto"`` partitions training sets of at least this many rows (below, dense only).
 AUTO_MIN_ROWS = 16384
+#: Rows of the query's own cell, nearest its key, whose exact max logit sets the first scan's
+#: key windows (a better pilot max gives thinner windows).
+PILOT_ROWS = 32
 
 
 class CellPruning:
@@ -48,18 +51,14 @@ class CellPruning:
 
     def __init__(self, data: _backends.TrainingData, index: TrainingIndex):
         self.index = index
-        self.order = np.asarray(index.cell_order, dtype=np.int64)
         offsets = index.cell_offsets
-        log_w = data.log_w
-        self.cells = _backends.CellSortedData.build(
-            np.ascontiguousarray(data.points[self.order]),
-            None if log_w is None else np.ascontiguousarray(log_w[self.order]), offsets)  # fmt: skip
+        # each cell sorted by key (CellSortedData.keyed): rows far from a query along the key
+        # axis are never visited at small sigma
+        self.cells, self.order = _backends.CellSortedData.keyed(data.points, data.log_w, index.cell_order, offsets,
+                                                                data.center)  # fmt: skip
         self.sizes = np.diff(offsets).astype(np.int64)
         # max log pi - log_w_shift per cell (the kernels' frame); 0 for unit weights, -inf if empty
-        self.log_w_max = np.where(self.sizes > 0, 0.0, -np.inf)
-        if log_w is not None:
-            full = np.flatnonzero(self.sizes > 0)
-            self.log_w_max[full] = np.maximum.reduceat(self.cells.log_w, offsets[full])
+        self.log_w_max = self.cells.log_w_max
         full_cells = self.log_w_max[self.sizes > 0]
         self._lowest_log_w = float(full_cells.min())  # over non-empty cells
         index.prepare_bounds()
@@ -127,7 +126,8 @@ class CellPruning:
         if maybe.size:
             own = np.zeros(upper.shape, dtype=np.uint8)
             own[np.arange(maybe.size), nearest] = 1
-            first, first_exact = self._scan(backend, ym, sm, own, data, threads, ftol)
+            pilot = pilot_max(backend, self.cells, ym, sm, nearest, data.log_w_shift, threads)
+            first, first_exact = self._scan(backend, ym, sm, own, data, threads, ftol, pilot - log_cut)
             floor = first.m - data.log_w_shift - log_cut  # every term below it may be skipped
             scan = (upper >= floor[:, None]) & (own == 0)
             rows_m = self.sizes[nearest] + scan.astype(np.int64) @ self.sizes
@@ -139,7 +139,8 @@ class CellPruning:
         blocks = []
         n_exact = np.zeros(n_q, dtype=np.int64)
         if maybe.size:
-            rest, rest_exact = self._scan(backend, ym, sm, scan.astype(np.uint8), data, threads, ftol)
+            rest, rest_exact = self._scan(backend, ym, sm, scan.astype(np.uint8), data, threads, ftol,
+                                          first.m - log_cut)  # fmt: skip
             p = merge(first, rest)
             top1 = np.where(p.top1 >= 0, self.order[np.maximum(p.top1, 0)], -1)
             blocks.append((maybe, Partial(m=p.m, z=p.z, v=p.v, q=p.q, z2=p.z2, top1=top1)))
@@ -157,11 +158,26 @@ class CellPruning:
                 diagnostics["n_exact"] = n_exact
         return assemble(blocks, n_q, data.dim, data.log_mass)
 
-    def _scan(self, backend, y, sigma, marked, data, threads, fast_tol) -> tuple[Partial, np.ndarray]:
-        """(partial over the marked cells, top1 in cell order; its float64 recompute counts)."""
+    def _scan(self, backend, y, sigma, marked, data, threads, fast_tol, floor) -> tuple[Partial, np.ndarray]:
+        """(partial over the marked cells, rows below ``floor`` skipped, top1 in cell order; its
+        float64 recompute counts)."""
         work = 4.0 * float(np.sum(marked.astype(np.int64) @ self.sizes)) * data.dim
         diag: dict = {}
         p = _backends.partials_cells(backend, y, sigma, self.cells, marked, threads(work),
                                      log_w_shift=data.log_w_shift, log_mass=data.log_mass,
-                                     fast_tol=fast_tol, diagnostics=diag)  # fmt: skip
+                                     fast_tol=fast_tol, diagnostics=diag, floor=floor)  # fmt: skip
         return p, diag.get("n_exact", np.zeros(y.shape[0], dtype=np.int64))
+
+
+def pilot_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma: np.ndarray, cell: np.ndarray,
+              log_w_shift: float, threads) -> np.ndarray:  # fmt: skip
+    """(B,) a lower bound on each query's max logit (the Partial frame): the exact max over the
+    :data:`PILOT_ROWS` rows of cell ``cell[i]`` whose keys are nearest query i's (-inf if the cell
+    is empty).  ``floor = pilot - log_cut`` then sets the key windows of a first scan."""
+    start, length = cells.key_neighbours(y, cell, PILOT_ROWS)
+    seg = _backends.Segments(np.arange(y.shape[0] + 1, dtype=np.int64), start, length)
+    p = _backends.partials_segments(backend, y, sigma, cells.points, cells.log_w, seg,
+                                    threads(4.0 * PILOT_ROWS * y.shape[0] * cells.points.shape[1]),
+                                    log_w_shift=log_w_shift)  # fmt: skip
+    # the float64 rounding of the pilot's logits: keep the floor below the final max
+    return p.m - 1e-9 * (1.0 + np.abs(p.m))

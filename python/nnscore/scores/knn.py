@@ -48,7 +48,7 @@ from ..exceptions import PrecisionWarning
 from ..index.faiss_index import TrainingIndex
 from ..partials import Partial, assemble, merge, take
 from .base import ScoreModel, schedule_coefficients
-from .cell_pruning import CellPruning
+from .cell_pruning import CellPruning, pilot_max
 from .empirical import EmpiricalScore
 from .result import ScoreResult, result_from_partial
 
@@ -267,11 +267,10 @@ class KNNScore(ScoreModel):
             # cells the dense kernels may skip (EmpiricalScore(cells=...)), for no extra memory.
             if self.backend in ("cpp", "numba"):
                 self._exact.cells = CellPruning(self.data, self.index)
-                self._cells = self._exact.cells.cells
+                self._cells, self._order = self._exact.cells.cells, self._exact.cells.order
             else:
-                self._cells = _backends.CellSortedData.build(
-                    np.ascontiguousarray(self.data.points[order]),
-                    None if log_w is None else np.ascontiguousarray(log_w[order]), offsets)
+                self._cells, self._order = _backends.CellSortedData.keyed(self.data.points, log_w, order, offsets,
+                                                                          self.data.center)  # fmt: skip
             sizes = np.diff(offsets)
             if log_w is None:
                 mass = sizes.astype(np.float64)
@@ -620,7 +619,8 @@ class KNNScore(ScoreModel):
                     if prev is not None and "cells" in prev:
                         probed[i, prev["cells"]] = 1
         log_cut = self._cells_log_cut(rho[rows])
-        p = self._cells_partial(yb, sb, probed, log_cut)
+        pilot = self._pilot(yb, sb, probed, low2)
+        p = self._cells_partial(yb, sb, probed, log_cut, pilot - log_cut)
         too_many = np.zeros(rows.size, dtype=bool)
         if self.tol is not None:
             p, too_many = self._ivf_select(p, yb, sb, rho[rows], low2, probed, log_cut)
@@ -668,20 +668,30 @@ class KNNScore(ScoreModel):
                 probed[h] = widened
             extra = probed & ~before
             if extra.any():
-                p = merge(p, self._cells_partial(yb, sb, extra, log_cut))
+                p = merge(p, self._cells_partial(yb, sb, extra, log_cut, p.m - log_cut))
                 p = dataclasses.replace(p, log_mass=self.data.log_mass)
             if not retry:
                 break
         return p, too_many
 
-    def _cells_partial(self, yb, sb, cells: np.ndarray, log_cut: float) -> Partial:
+    def _cells_partial(self, yb, sb, cells: np.ndarray, log_cut: float, floor=None) -> Partial:
         """Exact partial of each query over the rows of its selected cells ((B, nlist) mask),
-        terms below (max - log_cut) skipped; top1 indexes the cell-sorted copy."""
+        terms below (max - log_cut) skipped, and rows below ``floor`` (B,) (a known logit minus
+        log_cut) never visited; top1 indexes the cell-sorted copy."""
         data = self.data
         work = 4.0 * float(np.sum(self._marked_rows(cells))) * data.dim
         return _backends.partials_cells(self.backend, np.ascontiguousarray(yb), sb, self._cells, cells,
                                         self._threads(work), log_w_shift=data.log_w_shift,
-                                        log_mass=data.log_mass, log_cut=log_cut)  # fmt: skip
+                                        log_mass=data.log_mass, log_cut=log_cut, floor=floor)  # fmt: skip
+
+    def _pilot(self, yb, sb, cells: np.ndarray, low) -> np.ndarray:
+        """(B,) a lower bound on each query's max logit over its marked cells ((B, nlist)): the
+        pilot of the marked cell with the smallest distance bound ``low`` (its own cell).  The
+        cell is scanned, so the partial's max is at least this."""
+        marked = cells.astype(bool)
+        cell = np.argmin(np.where(marked, low, np.inf), axis=1)
+        pilot = pilot_max(self.backend, self._cells, yb, sb, cell, self.data.log_w_shift, self._threads)
+        return np.where(marked.any(axis=1), pilot, -np.inf)
 
     def _marked_rows(self, cells: np.ndarray) -> np.ndarray:
         """(B,) rows of the cells marked in ``cells`` ((B, nlist) uint8) per query."""
@@ -717,7 +727,8 @@ class KNNScore(ScoreModel):
             for i, e in enumerate(entries):
                 cells[i, e["cells"]] = 1
             log_cut = self._cells_log_cut(rho[hits])
-            p = self._cells_partial(y[hits], st[hits], cells, log_cut)
+            pilot = self._pilot(y[hits], st[hits], cells, low)
+            p = self._cells_partial(y[hits], st[hits], cells, log_cut, pilot - log_cut)
             p = dataclasses.replace(p, top1=self._original_rows(p.top1))
             low = np.maximum(low - moved[:, None], 0.0)
             log_t, log_g = _tail_sums(low * low, self._log_cell_mass, st[hits], cells, self._threads(low.size))
@@ -748,7 +759,7 @@ class KNNScore(ScoreModel):
 
     def _original_rows(self, top1_sorted: np.ndarray) -> np.ndarray:
         """IVF: map row indices of the cell-sorted copy back to training row ids (-1 stays)."""
-        return np.where(top1_sorted >= 0, self.index.cell_order[np.maximum(top1_sorted, 0)], -1)
+        return np.where(top1_sorted >= 0, self._order[np.maximum(top1_sorted, 0)], -1)
 
 
 class KNNSamplerCache(ScoreModel):
