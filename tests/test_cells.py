@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import nnscore as ns
 from nnscore import backends as nb
 
-from test_segments import VARIANTS, VIDS, check
+from test_segments import VARIANTS, VIDS, check, dense_oracle
 
 
 def cell_data(rng, d, dtype, sizes, weighted, spread=1.0):
@@ -146,3 +146,111 @@ def test_binding_rejects_bad_cells(case):
     with pytest.raises(ValueError):
         nb._core.partials_cells_f64(y, x, np.zeros(n), None, sigma, probed, offsets, centers, np.ones(n_cells),
                                     m, z, v, q, z2, top1, n_exact, 0.0, 40.0, 1, 0)  # fmt: skip
+
+
+def keyed_cell_data(rng, d, dtype, sizes, weighted):
+    """cell_data's rows, each cell re-sorted by key (CellSortedData.keyed)."""
+    base = cell_data(rng, d, dtype, sizes, weighted)
+    order = np.arange(base.points.shape[0])
+    origin = base.points.astype(np.float64).mean(axis=0)
+    cells, perm = nb.CellSortedData.keyed(base.points, base.log_w, order, base.offsets, origin)
+    return cells, perm, base
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VIDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("d", [1, 3, 64])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unif", "weighted"])
+def test_key_windows_skip_only_terms_below_the_floor(variant, dtype, d, weighted, seed):
+    """With a floor of (max logit - log_cut), the key windows leave out only rows the kernels
+    may skip: the partials match the float64 oracle over the whole probed cells.  At small
+    sigma the windows leave out most rows (so the test exercises them); at huge sigma none."""
+    backend, level = variant
+    rng = np.random.default_rng([seed, d, int(weighted), np.dtype(dtype).itemsize, 47])
+    cells, perm, base = keyed_cell_data(rng, d, dtype, SIZES, weighted)
+    assert np.array_equal(cells.points, base.points[perm])
+    for c, (a, b) in enumerate(zip(cells.offsets[:-1], cells.offsets[1:])):
+        assert np.all(np.diff(cells.row_keys[a:b]) >= 0) and set(perm[a:b]) == set(range(a, b))
+    n_q = 21
+    probed = (rng.uniform(size=(n_q, len(SIZES))) < 0.4).astype(np.uint8)
+    probed[1] = 1
+    probed[-2:, 0:2] = 1
+    seg = segments_of(cells, probed)
+    y = queries(rng, cells, n_q, 1e-3)  # near rows: thin windows at small sigma
+    log_cut = nb.skip_log_cut(cells.points.shape[0], dtype)
+    for sigma in (np.full(n_q, 1e-6), np.full(n_q, 1e-2), rng.uniform(0.2, 2.0, n_q), np.full(n_q, 1e6)):
+        what = f"{backend}{level} sigma={sigma[0]:.1e}"
+        m_true = dense_oracle(y, cells.points, sigma, cells.log_w, seg)[0]
+        floor = m_true - log_cut
+        p = nb.partials_cells(backend, y, sigma, cells, probed, 2, level=level, floor=floor)
+        check(p, y, cells.points, sigma, cells.log_w, seg, what)
+        lo, hi = cells.key_windows(y, sigma, probed, floor)
+        if sigma[0] == 1e-6 and d > 1:
+            assert np.sum(hi - lo) < 0.5 * np.sum(seg.length), what
+        if sigma[0] == 1e6:
+            assert np.sum(hi - lo) == np.sum(seg.length), what
+    if backend == "cpp":  # no floor: whole cells, bitwise the call without one
+        sigma = np.full(n_q, 1e-2)
+        a = nb.partials_cells(backend, y, sigma, cells, probed, 2, level=level)
+        b = nb.partials_cells(backend, y, sigma, cells, probed, 2, level=level, floor=np.full(n_q, -np.inf))
+        for f in ("m", "z", "v", "q", "z2", "top1"):
+            assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    # guard: the floor is honoured (one above every logit leaves every window empty)
+    bad = nb.partials_cells(backend, y, sigma, cells, probed, 2, level=level, floor=np.full(n_q, 1e300))
+    assert np.all(np.isneginf(bad.m)) and np.all(bad.z == 0)
+
+
+def test_key_windows_rule(seed):
+    """key_windows: the window of (query, cell) is exactly the rows whose keys lie within
+    sqrt(2 sigma^2 (log_w_max[c] - floor)) (+ rounding slack) of the query's; a cell without
+    mass gets an empty window, a floor of -inf the whole cell, a floor above log_w_max an
+    empty one; every row with logit >= floor is inside its window (|<y - x, u>| <= ||y - x||)."""
+    rng = np.random.default_rng([seed, 5])
+    cells, _, _ = keyed_cell_data(rng, 6, np.float64, [30, 0, 50, 9, 200], True)
+    sizes = np.diff(cells.offsets)
+    assert abs(np.linalg.norm(cells.key_axis) - 1.0) < 1e-12
+    n_q = 12
+    y = queries(rng, cells, n_q, 0.5)
+    sigma = rng.uniform(0.05, 2.0, n_q)
+    probed = np.ones((n_q, sizes.size), np.uint8)
+    ky, slack = cells.query_keys(y)
+    logits = cells.log_w[None, :] - np.sum((y[:, None, :] - cells.points[None]) ** 2, axis=2) / (2 * sigma[:, None] ** 2)
+    floor = np.max(logits, axis=1) - rng.uniform(0.0, 30.0, n_q)
+    floor[0] = -np.inf
+    floor[1] = 5.0  # above every log_w: no row can reach it
+    lo, hi = cells.key_windows(y, sigma, probed, floor)
+    q_of, c_of = np.nonzero(probed)
+    for k, (i, c) in enumerate(zip(q_of, c_of)):
+        a, b = cells.offsets[c], cells.offsets[c + 1]
+        assert a <= lo[k] <= hi[k] <= b
+        if b == a:
+            continue
+        top = cells.log_w_max[c]
+        if not np.isfinite(top) or floor[i] > top:
+            assert lo[k] == hi[k], (i, c)
+            continue
+        h = np.sqrt(2 * sigma[i] ** 2 * (top - floor[i])) if np.isfinite(floor[i]) else np.inf
+        inside = np.abs(cells.row_keys[a:b] - ky[i]) <= h * (1 + 1e-12) + slack
+        assert np.array_equal(np.flatnonzero(inside) + a, np.arange(lo[k], hi[k])), (i, c)
+        reach = np.flatnonzero(logits[i, a:b] >= floor[i]) + a
+        assert np.all((reach >= lo[k]) & (reach < hi[k])), (i, c)
+
+
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+def test_binding_rejects_partial_key_arguments():
+    rng = np.random.default_rng(1)
+    n, d, n_q, n_cells = 30, 4, 3, 3
+    x, y = rng.normal(size=(n, d)), rng.normal(size=(n_q, d))
+    offsets = np.array([0, 10, 20, 30], np.int64)
+    m, z, q, z2 = (np.empty(n_q) for _ in range(4))
+    v = np.empty((n_q, d))
+    top1, n_exact = np.empty(n_q, np.int64), np.empty(n_q, np.int64)
+    args = (y, x, np.zeros(n), None, np.ones(n_q), np.ones((n_q, n_cells), np.uint8), offsets,
+            np.zeros((n_cells, d)), np.ones(n_cells), m, z, v, q, z2, top1, n_exact, 0.0, 40.0, 1, 0, None)
+    keys = np.zeros(n)
+    with pytest.raises(ValueError, match="all four"):
+        nb._core.partials_cells_f64(*args, keys, np.zeros(n_q))
+    with pytest.raises(ValueError, match="row_keys"):
+        nb._core.partials_cells_f64(*args, np.zeros(n - 1), np.zeros(n_q), np.zeros(n_q), np.zeros(n_cells), 0.0)
+    with pytest.raises(ValueError, match="key_slack"):
+        nb._core.partials_cells_f64(*args, keys, np.zeros(n_q), np.zeros(n_q), np.zeros(n_cells), -1.0)

@@ -495,7 +495,7 @@ class CellSortedData:
         ky, slack = self.query_keys(y)
         sig = np.asarray(sigma, dtype=np.float64)[q_of]
         top = self.log_w_max[c_of]
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):  # overflow: -inf (empty) or inf (whole)
             h2 = 2.0 * sig * sig * (top - np.asarray(floor, dtype=np.float64)[q_of])
         h2 = np.where(np.isneginf(top), -1.0, np.where(np.isnan(h2), np.inf, h2))  # empty cell / floor -inf
         h = np.sqrt(np.maximum(h2, 0.0)) * (1.0 + 1e-12) + slack
