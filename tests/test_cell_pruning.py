@@ -165,3 +165,40 @@ def test_cells_third_moment_and_schedules():
         b = ns.EmpiricalScore(train, schedule=schedule).evaluate(x, t)
         np.testing.assert_allclose(a.denoised, b.denoised, rtol=0, atol=1e-9 * R)
         np.testing.assert_allclose(a.log_density, b.log_density, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unif", "weighted"])
+def test_seed_max_is_a_lower_bound_that_grows_in_dense_key_runs(weighted, monkeypatch):
+    """seed_max, the max logit that sets the first scan's key windows, never exceeds the true
+    max over the cell (else the windows could drop weight).  Where 2000 rows share nearly one
+    key, the key-nearest SEED_ROWS rows rarely hold the query's nearest row; the run grows and
+    then finds it for most queries."""
+    rng = np.random.default_rng(11)
+    block = np.column_stack([np.zeros(2000), rng.uniform(-1, 1, (2000, 2))])  # about one key for all
+    spread = np.column_stack([rng.uniform(-10, 10, 1000), rng.uniform(-1, 1, (1000, 2))])
+    points = np.concatenate([block, spread])
+    weights = rng.uniform(0.5, 1.0, points.shape[0]) if weighted else None
+    data = ns.backends.TrainingData.prepare(points, weights=weights)
+    offsets = np.array([0, points.shape[0]], dtype=np.int64)
+    cells, _ = ns.backends.CellSortedData.keyed(points, data.log_w, np.arange(points.shape[0]), offsets,
+                                                data.center)  # fmt: skip
+    src = rng.choice(2000, 64, replace=False)
+    y = points[src] + 1e-3 * rng.standard_normal((64, 3))  # the source's key is ~100 rows away
+    sigma = np.full(64, 1e-3)
+    log_cut = ns.backends.skip_log_cut(points.shape[0], np.float64)
+    logits = (0.0 if data.log_w is None else data.log_w[None, :]) + data.log_w_shift
+    true = (logits - np.sum((y[:, None, :] - points[None]) ** 2, axis=2) / (2 * sigma[:, None] ** 2)).max(axis=1)
+
+    def seed():
+        return cell_pruning.seed_max("cpp" if ns.HAS_CORE else "numba", cells, y, sigma, np.zeros(64, np.int64),
+                                     data.log_w_shift, log_cut, lambda work: 2)  # fmt: skip
+
+    grown = seed()
+    monkeypatch.setattr(cell_pruning, "SEED_MAX_ROWS", cell_pruning.SEED_ROWS)
+    short = seed()
+    for s in (grown, short):
+        assert np.all(s <= true + 1e-12 * np.abs(true))
+    assert np.all(grown >= short)
+    found = np.isclose(grown, true, rtol=1e-8, atol=1e-8)
+    assert np.mean(found) >= 0.9 and np.mean(np.isclose(short, true, rtol=1e-8, atol=1e-8)) <= 0.5, \
+        (np.mean(found), np.mean(np.isclose(short, true)))

@@ -28,7 +28,7 @@ from .._validation import check_int
 from ..index.faiss_index import TrainingIndex
 from ..partials import Partial, assemble, merge, take
 
-__all__ = ["CellPruning", "PRUNE_MAX_FRACTION", "AUTO_MIN_ROWS", "pilot_max"]
+__all__ = ["CellPruning", "PRUNE_MAX_FRACTION", "AUTO_MIN_ROWS", "seed_max"]
 
 #: A query whose cells to scan hold more than this fraction of the rows takes the dense kernel.
 #: Measured at small sigma (README grid data, M = 1024, N = 10^5, 316 cells): per row scanned the
@@ -38,8 +38,12 @@ PRUNE_MAX_FRACTION = 0.2
 #: ``cells="auto"`` partitions training sets of at least this many rows (below, dense only).
 AUTO_MIN_ROWS = 16384
 #: Rows of the query's own cell, nearest its key, whose exact max logit sets the first scan's
-#: key windows (a better pilot max gives thinner windows).
-PILOT_ROWS = 32
+#: key windows (a better seed max gives thinner windows): SEED_ROWS first, SEED_GROWTH times
+#: more while a better row may lie outside the run, at most SEED_MAX_ROWS (:func:`seed_max`).
+SEED_ROWS = 32
+SEED_GROWTH = 8
+SEED_MAX_ROWS = 2048
+SEED_WIDTH = 32.0
 
 
 class CellPruning:
@@ -126,8 +130,8 @@ class CellPruning:
         if maybe.size:
             own = np.zeros(upper.shape, dtype=np.uint8)
             own[np.arange(maybe.size), nearest] = 1
-            pilot = pilot_max(backend, self.cells, ym, sm, nearest, data.log_w_shift, threads)
-            first, first_exact = self._scan(backend, ym, sm, own, data, threads, ftol, pilot - log_cut)
+            seed = seed_max(backend, self.cells, ym, sm, nearest, data.log_w_shift, log_cut, threads)
+            first, first_exact = self._scan(backend, ym, sm, own, data, threads, ftol, seed - log_cut)
             floor = first.m - data.log_w_shift - log_cut  # every term below it may be skipped
             scan = (upper >= floor[:, None]) & (own == 0)
             rows_m = self.sizes[nearest] + scan.astype(np.int64) @ self.sizes
@@ -169,15 +173,43 @@ class CellPruning:
         return p, diag.get("n_exact", np.zeros(y.shape[0], dtype=np.int64))
 
 
-def pilot_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma: np.ndarray, cell: np.ndarray,
-              log_w_shift: float, threads) -> np.ndarray:  # fmt: skip
-    """(B,) a lower bound on each query's max logit (the Partial frame): the exact max over the
-    :data:`PILOT_ROWS` rows of cell ``cell[i]`` whose keys are nearest query i's (-inf if the cell
-    is empty).  ``floor = pilot - log_cut`` then sets the key windows of a first scan."""
-    start, length = cells.key_neighbours(y, cell, PILOT_ROWS)
-    seg = _backends.Segments(np.arange(y.shape[0] + 1, dtype=np.int64), start, length)
-    p = _backends.partials_segments(backend, y, sigma, cells.points, cells.log_w, seg,
-                                    threads(4.0 * PILOT_ROWS * y.shape[0] * cells.points.shape[1]),
-                                    log_w_shift=log_w_shift)  # fmt: skip
-    # the float64 rounding of the pilot's logits: keep the floor below the final max
-    return p.m - 1e-9 * (1.0 + np.abs(p.m))
+def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma: np.ndarray, cell: np.ndarray,
+              log_w_shift: float, log_cut: float, threads) -> np.ndarray:  # fmt: skip
+    """(B,) a lower bound on each query's max logit (the Partial frame), for the key windows of a
+    first scan (``floor = seed - log_cut``): the exact max over the rows of cell ``cell[i]``
+    whose keys are nearest query i's (-inf if the cell is empty).
+
+    Rows outside such a run have keys at least g away from the query's, hence logits at most
+    log_w_max - g^2 / (2 sigma^2).  While the run's max is below that, a longer run may hold a
+    better row (in a cell of many near-equal keys the nearest row can lie far down the order),
+    and the run grows SEED_GROWTH-fold (SEED_ROWS first, at most SEED_MAX_ROWS rows) -- if the
+    window its max gives is wide enough (key half-width > SEED_WIDTH g) that the longer run
+    costs a small part of the scan it may spare."""
+    n_q = y.shape[0]
+    best = np.full(n_q, -np.inf)
+    ky, _ = cells.query_keys(y)
+    keys, offsets = cells.row_keys, cells.offsets
+    todo = np.arange(n_q)
+    k = SEED_ROWS
+    while todo.size:
+        c = cell[todo]
+        start, length = cells.key_neighbours(y[todo], c, k)
+        seg = _backends.Segments(np.arange(todo.size + 1, dtype=np.int64), start, length)
+        p = _backends.partials_segments(backend, y[todo], sigma[todo], cells.points, cells.log_w, seg,
+                                        threads(4.0 * k * todo.size * cells.points.shape[1]),
+                                        log_w_shift=log_w_shift)  # fmt: skip
+        best[todo] = np.maximum(best[todo], p.m)
+        end = start + length
+        # key gap to the rows outside the run (none on a side the run reaches the cell's end of)
+        below = np.where(start > offsets[c], ky[todo] - keys[np.maximum(start, 1) - 1], np.inf)
+        above = np.where(end < offsets[c + 1], keys[np.minimum(end, keys.size - 1)] - ky[todo], np.inf)
+        gap = np.maximum(np.minimum(below, above), 0.0)
+        s2 = 2.0 * sigma[todo] ** 2
+        top = cells.log_w_max[c] + log_w_shift
+        with np.errstate(invalid="ignore", over="ignore"):
+            better = best[todo] < top - gap * gap / s2  # a row outside the run may beat the run
+            wide = s2 * (top - best[todo] + log_cut) > (SEED_WIDTH * gap) ** 2
+        k *= SEED_GROWTH
+        todo = todo[better & wide & (k <= SEED_MAX_ROWS)]
+    # the float64 rounding of the seed rows' logits: keep the floor below the final max
+    return best - 1e-9 * (1.0 + np.abs(best))

@@ -48,7 +48,7 @@ from ..exceptions import PrecisionWarning
 from ..index.faiss_index import TrainingIndex
 from ..partials import Partial, assemble, merge, take
 from .base import ScoreModel, schedule_coefficients
-from .cell_pruning import CellPruning, pilot_max
+from .cell_pruning import CellPruning, seed_max
 from .empirical import EmpiricalScore
 from .result import ScoreResult, result_from_partial
 
@@ -619,8 +619,8 @@ class KNNScore(ScoreModel):
                     if prev is not None and "cells" in prev:
                         probed[i, prev["cells"]] = 1
         log_cut = self._cells_log_cut(rho[rows])
-        pilot = self._pilot(yb, sb, probed, low2)
-        p = self._cells_partial(yb, sb, probed, log_cut, pilot - log_cut)
+        seed = self._seed_max(yb, sb, probed, low2, log_cut)
+        p = self._cells_partial(yb, sb, probed, log_cut, seed - log_cut)
         too_many = np.zeros(rows.size, dtype=bool)
         if self.tol is not None:
             p, too_many = self._ivf_select(p, yb, sb, rho[rows], low2, probed, log_cut)
@@ -684,14 +684,14 @@ class KNNScore(ScoreModel):
                                         self._threads(work), log_w_shift=data.log_w_shift,
                                         log_mass=data.log_mass, log_cut=log_cut, floor=floor)  # fmt: skip
 
-    def _pilot(self, yb, sb, cells: np.ndarray, low) -> np.ndarray:
+    def _seed_max(self, yb, sb, cells: np.ndarray, low, log_cut: float) -> np.ndarray:
         """(B,) a lower bound on each query's max logit over its marked cells ((B, nlist)): the
-        pilot of the marked cell with the smallest distance bound ``low`` (its own cell).  The
+        seed_max of the marked cell with the smallest distance bound ``low`` (its own cell).  The
         cell is scanned, so the partial's max is at least this."""
         marked = cells.astype(bool)
         cell = np.argmin(np.where(marked, low, np.inf), axis=1)
-        pilot = pilot_max(self.backend, self._cells, yb, sb, cell, self.data.log_w_shift, self._threads)
-        return np.where(marked.any(axis=1), pilot, -np.inf)
+        seed = seed_max(self.backend, self._cells, yb, sb, cell, self.data.log_w_shift, log_cut, self._threads)
+        return np.where(marked.any(axis=1), seed, -np.inf)
 
     def _marked_rows(self, cells: np.ndarray) -> np.ndarray:
         """(B,) rows of the cells marked in ``cells`` ((B, nlist) uint8) per query."""
@@ -727,8 +727,8 @@ class KNNScore(ScoreModel):
             for i, e in enumerate(entries):
                 cells[i, e["cells"]] = 1
             log_cut = self._cells_log_cut(rho[hits])
-            pilot = self._pilot(y[hits], st[hits], cells, low)
-            p = self._cells_partial(y[hits], st[hits], cells, log_cut, pilot - log_cut)
+            seed = self._seed_max(y[hits], st[hits], cells, low, log_cut)
+            p = self._cells_partial(y[hits], st[hits], cells, log_cut, seed - log_cut)
             p = dataclasses.replace(p, top1=self._original_rows(p.top1))
             low = np.maximum(low - moved[:, None], 0.0)
             log_t, log_g = _tail_sums(low * low, self._log_cell_mass, st[hits], cells, self._threads(low.size))
