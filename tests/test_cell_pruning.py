@@ -202,3 +202,6 @@ def test_seed_max_is_a_lower_bound_that_grows_in_dense_key_runs(weighted, monkey
     found = np.isclose(grown, true, rtol=1e-8, atol=1e-8)
     assert np.mean(found) >= 0.9 and np.mean(np.isclose(short, true, rtol=1e-8, atol=1e-8)) <= 0.5, \
         (np.mean(found), np.mean(np.isclose(short, true)))
+    # sigma so large that no window could be thin: no seed (whole cells)
+    sigma = np.full(64, 10.0)
+    assert np.all(np.isneginf(seed()))

@@ -44,6 +44,9 @@ SEED_ROWS = 32
 SEED_GROWTH = 8
 SEED_MAX_ROWS = 2048
 SEED_WIDTH = 32.0
+#: Seeded (windowed) first scans only where the narrowest possible window spans less than this
+#: fraction of the cell's key range.
+SEED_USEFUL = 0.5
 
 
 class CellPruning:
@@ -177,7 +180,8 @@ def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma
               log_w_shift: float, log_cut: float, threads) -> np.ndarray:  # fmt: skip
     """(B,) a lower bound on each query's max logit (the Partial frame), for the key windows of a
     first scan (``floor = seed - log_cut``): the exact max over the rows of cell ``cell[i]``
-    whose keys are nearest query i's (-inf if the cell is empty).
+    whose keys are nearest query i's (-inf if the cell is empty, or where windows cannot be thin:
+    :data:`SEED_USEFUL`).
 
     Rows outside such a run have keys at least g away from the query's, hence logits at most
     log_w_max - g^2 / (2 sigma^2).  While the run's max is below that, a longer run may hold a
@@ -189,7 +193,12 @@ def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma
     best = np.full(n_q, -np.inf)
     ky, _ = cells.query_keys(y)
     keys, offsets = cells.row_keys, cells.offsets
-    todo = np.arange(n_q)
+    # No window can be narrower than sqrt(2 sigma^2 log_cut) (the floor is at most the max logit
+    # minus log_cut, and the max at most log_w_max): where that spans most of the cell's keys
+    # (medium and large sigma) the windows would hold most rows, and the query keeps -inf.
+    c0, c1 = offsets[cell], offsets[cell + 1]
+    span = np.where(c1 > c0, keys[np.minimum(c1, keys.size) - 1] - keys[np.minimum(c0, keys.size - 1)], 0.0)
+    todo = np.flatnonzero(2.0 * np.sqrt(2.0 * log_cut) * sigma < SEED_USEFUL * span)
     k = SEED_ROWS
     while todo.size:
         c = cell[todo]
