@@ -254,3 +254,90 @@ def test_binding_rejects_partial_key_arguments():
         nb._core.partials_cells_f64(*args, np.zeros(n - 1), np.zeros(n_q), np.zeros(n_q), np.zeros(n_cells), 0.0)
     with pytest.raises(ValueError, match="key_slack"):
         nb._core.partials_cells_f64(*args, keys, np.zeros(n_q), np.zeros(n_q), np.zeros(n_cells), -1.0)
+
+
+def test_long_runs_stay_in_cells_and_break_at_weights():
+    """CellSortedData.runs: maximal runs of >= LONG_RUN_ROWS identical rows with equal log_w,
+    never across a cell boundary."""
+    L = nb.LONG_RUN_ROWS
+    a, b = np.ones((1, 3)), np.zeros((1, 3))
+    points = np.concatenate([np.repeat(a, L + 5, 0), np.repeat(b, 2 * L, 0), np.repeat(a, L - 1, 0)])
+    n = points.shape[0]
+    offsets = np.array([0, L + 5 + L, n], np.int64)  # the b run straddles the cell boundary
+    cells = nb.CellSortedData.build(points, None, offsets)
+    starts, lengths = cells.runs
+    assert list(starts) == [0, L + 5, 2 * L + 5] and list(lengths) == [L + 5, L, L]
+    log_w = np.zeros(n)
+    log_w[10] = -1.0  # breaks the first run into 10 + 1 + (L - 6): no run of L left there
+    cells = nb.CellSortedData.build(points, log_w, offsets)
+    starts, lengths = cells.runs
+    assert list(starts) == [L + 5, 2 * L + 5]
+    assert nb.CellSortedData.build(points[: L - 1], None, np.array([0, L - 1])).runs is None
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VIDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unif", "weighted"])
+def test_long_runs_as_terms_match_the_rows(variant, dtype, weighted, seed):
+    """A long run of identical rows taken as one term of multiplicity k (cpp) gives the partials
+    of its k rows: log-sum-exp, denoiser, second moment, sum w^2 (n_eff) and top1 as the float64
+    oracle, with whole cells and with key windows that cut runs, at small and large sigma."""
+    backend, level = variant
+    rng = np.random.default_rng([seed, 61, int(weighted), np.dtype(dtype).itemsize])
+    d = 8
+    sizes = [700, 300, 900]
+    points = np.concatenate([rng.normal(size=(s, d)) * 0.5 + 4.0 * c for c, s in enumerate(sizes)])
+    points[100:600] = points[100]  # a run of 500 in cell 0
+    points[750:790] = points[750]  # a run of 40 in cell 1
+    points[1100:1140] = points[1099]  # a run of 41 in cell 2
+    log_w = None
+    if weighted:
+        log_w = np.log(rng.uniform(0.2, 1.0, points.shape[0]))
+        log_w[100:600] = np.log(0.7)
+        log_w[300] = np.log(0.3)  # splits the long run in two
+        log_w[750:790] = -np.inf  # a massless run
+        log_w -= log_w.max()
+    points = points.astype(dtype)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    cells = nb.CellSortedData.build(points, log_w, offsets)
+    assert cells.runs is not None and len(cells.runs[0]) >= 2
+    n_q = 12
+    y = points[[100, 120, 599, 750, 1099, 1120, 5, 1500, 100, 770, 1139, 0]].astype(np.float64)
+    y[6:] += 0.05 * rng.normal(size=(6, d))
+    y = y.astype(dtype)
+    probed = (rng.uniform(size=(n_q, 3)) < 0.7).astype(np.uint8)
+    probed[:, 0] = 1
+    seg = segments_of(cells, probed)
+    for sigma in (np.full(n_q, 1e-3), rng.uniform(0.3, 3.0, n_q)):
+        p = nb.partials_cells(backend, y, sigma, cells, probed, 2, level=level)
+        check(p, y, cells.points, sigma, cells.log_w, seg, f"{backend}{level} sigma={sigma[0]:.1e}")
+    # key windows over the same rows (keyed copy: runs stay runs after the within-cell sort)
+    kc, perm = nb.CellSortedData.keyed(points, log_w, np.arange(points.shape[0]), offsets,
+                                       points.astype(np.float64).mean(axis=0))  # fmt: skip
+    assert kc.runs is not None
+    sigma = np.full(n_q, 1e-3)
+    seg = segments_of(kc, probed)
+    floor = dense_oracle(y, kc.points, sigma, kc.log_w, seg)[0] - nb.skip_log_cut(points.shape[0], dtype)
+    p = nb.partials_cells(backend, y, sigma, kc, probed, 2, level=level, floor=floor)
+    check(p, y, kc.points, sigma, kc.log_w, seg, f"{backend}{level} keyed")
+
+
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+@pytest.mark.parametrize("case", ["crosses_cell", "overlap", "descending", "empty", "one_array"])
+def test_binding_rejects_bad_runs(case):
+    rng = np.random.default_rng(2)
+    n, d, n_q, n_cells = 30, 4, 3, 3
+    x, y = rng.normal(size=(n, d)), rng.normal(size=(n_q, d))
+    offsets = np.array([0, 10, 20, 30], np.int64)
+    m, z, q, z2 = (np.empty(n_q) for _ in range(4))
+    v = np.empty((n_q, d))
+    top1, n_exact = np.empty(n_q, np.int64), np.empty(n_q, np.int64)
+    args = (y, x, np.zeros(n), None, np.ones(n_q), np.ones((n_q, n_cells), np.uint8), offsets,
+            np.zeros((n_cells, d)), np.ones(n_cells), m, z, v, q, z2, top1, n_exact, 0.0, 40.0, 1, 0, None,
+            None, None, None, None, 0.0)  # fmt: skip
+    start, length = {"crosses_cell": ([5], [8]), "overlap": ([0, 3], [5, 4]), "descending": ([12, 2], [3, 3]),
+                     "empty": ([2], [0]), "one_array": ([2], None)}[case]  # fmt: skip
+    start = np.array(start, np.int64)
+    length = None if length is None else np.array(length, np.int64)
+    with pytest.raises(ValueError, match="run"):
+        nb._core.partials_cells_f64(*args, start, length)

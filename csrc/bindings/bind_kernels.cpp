@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>  // std::optional for log_w=None
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <vector>
@@ -224,7 +225,8 @@ void bind_cells(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_s
                 std::optional<py::array_t<std::uint8_t>> row_repeats,
                 std::optional<py::array_t<double>> row_keys, std::optional<py::array_t<double>> query_keys,
                 std::optional<py::array_t<double>> floor, std::optional<py::array_t<double>> cell_log_w_max,
-                double key_slack) {
+                double key_slack, std::optional<py::array_t<std::int64_t>> run_start,
+                std::optional<py::array_t<std::int64_t>> run_length) {
   const DenseProblem<T> P =
       dense_problem<T>(y, x, x_half_sqnorm, log_w, nullptr, sigma, 0.0, fast_tol, log_cut, row_repeats);
   const index_t M = P.M, d = P.d;
@@ -257,9 +259,25 @@ void bind_cells(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_s
     // O(N) check per call would cost as much as a small-sigma scan).
     NNSCORE_CHECK(key_slack >= 0.0 && std::isfinite(key_slack), "key_slack: must be finite and >= 0");
   }
+  NNSCORE_CHECK(run_start.has_value() == run_length.has_value(), "run_start, run_length: give both or neither");
+  RowRuns runs{nullptr, nullptr, 0};
+  if (run_start) {
+    NNSCORE_CHECK(run_start->ndim() == 1, "run_start: expected a 1-d array");
+    runs.n = run_start->shape(0);
+    runs.start = checked_index(*run_start, "run_start", runs.n);
+    runs.length = checked_index(*run_length, "run_length", runs.n);
+    // The kernel trusts these (O(runs), GIL held): ascending, disjoint, each within one cell.
+    for (index_t r = 0; r < runs.n; ++r) {
+      const std::int64_t a = runs.start[r], b = a + runs.length[r];
+      NNSCORE_CHECK(a >= 0 && b > a && b <= P.N && (r == 0 || a >= runs.start[r - 1] + runs.length[r - 1]),
+                    "run_start, run_length: runs must be non-empty, ascending, disjoint and within x");
+      const std::int64_t c = std::upper_bound(offs, offs + n_cells + 1, a) - offs - 1;
+      NNSCORE_CHECK(b <= offs[c + 1], "run_start, run_length: run " << r << " crosses a cell boundary");
+    }
+  }
   py::gil_scoped_release release;
   partials_cells<T>(P, probed.data(), n_cells, offs, cell_centers.data(), radii, out, n_threads,
-                    static_cast<SimdLevel>(simd_level), n_keys ? &windows : nullptr);
+                    static_cast<SimdLevel>(simd_level), n_keys ? &windows : nullptr, runs.n ? &runs : nullptr);
 }
 
 template <class T>
@@ -267,14 +285,16 @@ void def_cells(py::module_& m, const char* name) {
   m.def(name, &bind_cells<T>,
         "partials_cells_{f32,f64}(y, x, x_half_sqnorm, log_w, sigma, probed, cell_offsets, cell_centers,\n"
         "    cell_radii, m, z, v, q, z2, top1, n_exact, fast_tol, log_cut, n_threads, simd_level,\n"
-        "    row_repeats=None, row_keys=None, query_keys=None, floor=None, cell_log_w_max=None, key_slack=0)\n\n"
+        "    row_repeats=None, row_keys=None, query_keys=None, floor=None, cell_log_w_max=None, key_slack=0,\n"
+        "    run_start=None, run_length=None)\n\n"
         "Partials of query i over the rows of the cells c with probed[i, c] != 0 of a cell-sorted x\n"
         "(cell c: rows [cell_offsets[c], cell_offsets[c+1]), products about cell_centers[c], radius\n"
         "cell_radii[c]; x_half_sqnorm about each row's cell centre), through the dense tile kernel one\n"
         "cell at a time; fast_tol=0 keeps every term within log_cut exact (float64). top1 indexes x.\n"
         "With the four key arrays (rows ascending by key within each cell): query i reduces only\n"
         "the rows of cell c with |key - query_keys[i]| <= sqrt(2 sigma^2 (cell_log_w_max[c] -\n"
-        "floor[i])) (1 + 1e-12) + key_slack (nnscore/cells.hpp).",
+        "floor[i])) (1 + 1e-12) + key_slack (nnscore/cells.hpp). run_start/run_length: runs of\n"
+        "identical rows with equal log_w (ascending, within cells); a long one is one term.",
         py::arg("y").noconvert(), py::arg("x").noconvert(), py::arg("x_half_sqnorm").noconvert(),
         py::arg("log_w").noconvert(), py::arg("sigma").noconvert(), py::arg("probed").noconvert(),
         py::arg("cell_offsets").noconvert(), py::arg("cell_centers").noconvert(), py::arg("cell_radii").noconvert(),
@@ -283,7 +303,8 @@ void def_cells(py::module_& m, const char* name) {
         py::arg("log_cut"), py::arg("n_threads"), py::arg("simd_level"), py::arg("row_repeats").noconvert() = py::none(),
         py::arg("row_keys").noconvert() = py::none(), py::arg("query_keys").noconvert() = py::none(),
         py::arg("floor").noconvert() = py::none(), py::arg("cell_log_w_max").noconvert() = py::none(),
-        py::arg("key_slack") = 0.0);
+        py::arg("key_slack") = 0.0, py::arg("run_start").noconvert() = py::none(),
+        py::arg("run_length").noconvert() = py::none());
 }
 
 void bind_ivf_bounds(py::array_t<double> G, py::array_t<double> qn, py::array_t<double> cn, py::array_t<double> radii,

@@ -35,12 +35,41 @@ PartialRef ref(const DenseOutput& o, index_t i, index_t d) {
   return PartialRef{o.m + i, o.z + i, o.v + i * d, o.q + i, o.z2 + i, o.top1 + i};
 }
 
+// Each (query, row, k): k identical rows as one exact term (float64 difference form), merged
+// into the query's partial in order.
+template <class T, class Terms>
+void merge_run_terms(const DenseProblem<T>& P, const Terms& terms, const DenseOutput& out) {
+  const index_t d = P.d;
+  std::vector<double> v(d);
+  double m, z, q, z2;
+  std::int64_t top1;
+  for (const auto& t : terms) {
+    const T* x = P.x + t.row * P.ldx;
+    const T* y = P.y + t.query * P.ldy;
+    double d2 = 0;
+    for (index_t k = 0; k < d; ++k) {
+      v[k] = static_cast<double>(x[k]) - static_cast<double>(y[k]);
+      d2 += v[k] * v[k];
+    }
+    const double s = P.sigma[t.query], k = static_cast<double>(t.k);
+    m = (P.log_w ? P.log_w[t.row] : 0.0) - 0.5 * d2 / (s * s);
+    if (m == -std::numeric_limits<double>::infinity()) continue;  // no prior mass
+    z = z2 = k;
+    q = k * d2;
+    for (index_t j = 0; j < d; ++j) v[j] *= k;
+    top1 = t.row;
+    partial_merge_into(ref(out, t.query, d), PartialRef{&m, &z, v.data(), &q, &z2, &top1}, d);
+    if (out.n_exact) out.n_exact[t.query] += t.k;
+  }
+}
+
 }  // namespace
 
 template <class T>
 void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_t n_cells,
                     const std::int64_t* cell_offsets, const T* cell_centers, const double* cell_radii,
-                    const DenseOutput& out, int n_threads, SimdLevel level, const KeyWindows* windows) {
+                    const DenseOutput& out, int n_threads, SimdLevel level, const KeyWindows* windows,
+                    const RowRuns* runs) {
   NNSCORE_CHECK(P.d >= 1 && P.N >= 1 && P.M >= 0 && n_cells >= 1, "partials_cells: need d >= 1, N >= 1, cells >= 1");
   NNSCORE_CHECK(cell_offsets[0] == 0 && cell_offsets[n_cells] == P.N, "partials_cells: cell_offsets must span [0, N]");
   NNSCORE_CHECK(simd_level_compiled(level), "partials_cells: SIMD level " << simd_level_name(level)
@@ -60,6 +89,12 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
   };
   std::vector<Pair> pairs;
   std::vector<index_t> count(n_cells + 1, 0);
+  auto add_pair = [&](index_t c, index_t i, index_t lo, index_t hi) {
+    if (hi > lo) {
+      pairs.push_back(Pair{c, i, lo, hi});
+      ++count[c + 1];
+    }
+  };
   const double ninf = -std::numeric_limits<double>::infinity();
   for (index_t i = 0; i < M; ++i)
     for_marked(probed + i * n_cells, n_cells, [&](index_t c) {
@@ -78,10 +113,7 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
           hi = std::upper_bound(keys + lo, keys + hi, k + h) - keys;
         }
       }
-      if (hi > lo) {
-        pairs.push_back(Pair{c, i, lo, hi});
-        ++count[c + 1];
-      }
+      add_pair(c, i, lo, hi);
     });
   // By cell, then by window start (stable: queries ascending among equal windows).
   for (index_t c = 0; c < n_cells; ++c) count[c + 1] += count[c];
@@ -106,7 +138,7 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
   constexpr index_t kPieceRows = 4096;
   std::vector<index_t> piece_cell, piece_m0, piece_m1, piece_r0, piece_r1;
   std::vector<double> work;  // rows x queries: the cost estimate that balances the chunks
-  auto add_group = [&](index_t c, index_t m0, index_t m1, index_t lo, index_t hi) {
+  auto add_rows = [&](index_t c, index_t m0, index_t m1, index_t lo, index_t hi) {
     for (index_t r = lo; r < hi; r += kPieceRows) {
       piece_cell.push_back(c);
       piece_m0.push_back(m0);
@@ -115,6 +147,29 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
       piece_r1.push_back(std::min(hi, r + kPieceRows));
       work.push_back(static_cast<double>(std::min(kPieceRows, hi - r)) * static_cast<double>(m1 - m0 + 4));
     }
+  };
+  // A group's rows [lo, hi) (every member reduces all of them: rows of its cell outside its own
+  // window are exact terms too), less its long runs of identical rows: one term per member each
+  // (RowRuns), merged into the members' partials before the pieces run.
+  struct RunTerm {
+    index_t query, row, k;
+  };
+  constexpr index_t kLongRun = 32;
+  std::vector<RunTerm> run_terms;
+  auto add_group = [&](index_t c, index_t m0, index_t m1, index_t lo, index_t hi) {
+    index_t cur = lo;
+    if (runs != nullptr && hi - lo >= kLongRun) {
+      const std::int64_t* rs = runs->start;
+      index_t r = std::upper_bound(rs, rs + runs->n, lo) - rs - 1;  // the last run starting at or before lo
+      for (r = std::max<index_t>(r, 0); r < runs->n && rs[r] < hi; ++r) {
+        const index_t a = std::max<index_t>(rs[r], lo), b = std::min<index_t>(rs[r] + runs->length[r], hi);
+        if (b - a < kLongRun) continue;
+        add_rows(c, m0, m1, cur, a);
+        for (index_t k = m0; k < m1; ++k) run_terms.push_back(RunTerm{members[k], a, b - a});
+        cur = b;
+      }
+    }
+    add_rows(c, m0, m1, cur, hi);
   };
   auto pass_cost = [&](index_t rows, index_t g) {
     return static_cast<double>(rows) * (static_cast<double>(g) + kPassQueries) + kPassFixed;
@@ -138,6 +193,7 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
     if (count[c + 1] > m0) add_group(c, m0, count[c + 1], lo, hi);
   }
   const index_t n_pieces = static_cast<index_t>(work.size());
+  merge_run_terms(P, run_terms, out);
   if (n_pieces == 0) return;
 
   // Contiguous chunks of pieces of about equal work; chunk 0 accumulates into `out`.
@@ -233,9 +289,9 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
 
 template void partials_cells<float>(const DenseProblem<float>&, const std::uint8_t*, index_t, const std::int64_t*,
                                     const float*, const double*, const DenseOutput&, int, SimdLevel,
-                                    const KeyWindows*);
+                                    const KeyWindows*, const RowRuns*);
 template void partials_cells<double>(const DenseProblem<double>&, const std::uint8_t*, index_t, const std::int64_t*,
                                      const double*, const double*, const DenseOutput&, int, SimdLevel,
-                                     const KeyWindows*);
+                                     const KeyWindows*, const RowRuns*);
 
 }  // namespace nnscore

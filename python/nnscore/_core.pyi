@@ -108,6 +108,8 @@ def partials_cells_f32(
     floor: npt.NDArray[np.float64] | None = ...,
     cell_log_w_max: npt.NDArray[np.float64] | None = ...,
     key_slack: float = ...,
+    run_start: npt.NDArray[np.int64] | None = ...,
+    run_length: npt.NDArray[np.int64] | None = ...,
 ) -> None: ...
 def partials_cells_f64(
     y: npt.NDArray[np.float64],
@@ -136,6 +138,8 @@ def partials_cells_f64(
     floor: npt.NDArray[np.float64] | None = ...,
     cell_log_w_max: npt.NDArray[np.float64] | None = ...,
     key_slack: float = ...,
+    run_start: npt.NDArray[np.int64] | None = ...,
+    run_length: npt.NDArray[np.int64] | None = ...,
 ) -> None: ...
 def third_moments_dense_f32(
     y: npt.NDArray[np.float32],

@@ -40,9 +40,20 @@ struct KeyWindows {
   double slack;                  ///< >= the rounding of any key difference
 };
 
+/// `runs` (optional): runs of identical rows with equal log_w, within cells, ascending and
+/// disjoint.  The part of a run inside a query's rows, when at least kLongRun rows, is one term of
+/// multiplicity k (one float64 distance; weight k w, square k w^2, top1 its first row) instead of
+/// k rows of the tile kernel: a flat image patch repeated 47 000 times costs one term per query.
+struct RowRuns {
+  const std::int64_t* start;
+  const std::int64_t* length;
+  index_t n;
+};
+
 template <class T>
 void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_t n_cells,
                     const std::int64_t* cell_offsets, const T* cell_centers, const double* cell_radii,
-                    const DenseOutput& out, int n_threads, SimdLevel level, const KeyWindows* windows = nullptr);
+                    const DenseOutput& out, int n_threads, SimdLevel level, const KeyWindows* windows = nullptr,
+                    const RowRuns* runs = nullptr);
 
 }  // namespace nnscore

@@ -403,10 +403,11 @@ def partials_cells(
     top1 = np.empty(n_q, dtype=np.int64)
     n_exact = np.empty(n_q, dtype=np.int64)
     points = cells.points
-    key_args: tuple = ()
+    key_args: tuple = (None, None, None, None, 0.0)
     if keyed:  # the kernel finds the windows of CellSortedData.key_windows itself
         query_keys, slack = cells.query_keys(y)
         key_args = (cells.row_keys, query_keys, floor, cells.log_w_max, slack)
+    runs = (None, None) if cells.runs is None else cells.runs
     kernel = _core.partials_cells_f32 if points.dtype == np.float32 else _core.partials_cells_f64
     kernel(
         y, points, cells.half_sqnorm, cells.log_w, sigma, probed, offsets, cells.centers, cells.radii,
@@ -416,6 +417,7 @@ def partials_cells(
         simd_level() if level is None else level,
         cells.row_repeats,
         *key_args,
+        *runs,
     )  # fmt: skip
     if diagnostics is not None:
         diagnostics["n_exact"] = n_exact
@@ -450,6 +452,7 @@ class CellSortedData:
     key_origin: np.ndarray | None = None
     row_keys: np.ndarray | None = None
     key_reach: float = 0.0  # max ||x_j - key_origin||: scales the keys' rounding
+    runs: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def keyed(cls, points: np.ndarray, log_w: np.ndarray | None, order: np.ndarray, offsets: np.ndarray,
@@ -504,13 +507,16 @@ class CellSortedData:
         hi = np.where(h2 < 0.0, lo, hi)
         return np.ascontiguousarray(lo, dtype=np.int64), np.ascontiguousarray(hi, dtype=np.int64)
 
-    def key_neighbours(self, y: np.ndarray, cell: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(start, length) of the run of at most ``k`` rows of cell ``cell[i]`` whose keys are
-        nearest query i's (centred on its key's rank, clipped to the cell)."""
-        ky, _ = self.query_keys(y)
+    def key_rank(self, keys: np.ndarray, cell: np.ndarray) -> np.ndarray:
+        """(B,) the row of cell ``cell[i]`` where query key ``keys[i]`` would sort (first row
+        with a key >= it; the cell's end if none)."""
+        return _bisect(self.row_keys, self.offsets[cell], self.offsets[cell + 1], keys, right=False)
+
+    def key_neighbours(self, rank: np.ndarray, cell: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(start, length) of the run of at most ``k`` rows of cell ``cell[i]`` centred on
+        ``rank[i]`` (:meth:`key_rank`) and clipped to the cell: the rows whose keys are nearest."""
         c0, c1 = self.offsets[cell], self.offsets[cell + 1]
-        pos = _bisect(self.row_keys, c0, c1, ky, right=False)
-        start = np.clip(pos - k // 2, c0, np.maximum(c1 - k, c0))
+        start = np.clip(rank - k // 2, c0, np.maximum(c1 - k, c0))
         return start, np.minimum(c1 - start, k)
 
     @classmethod
@@ -545,7 +551,29 @@ class CellSortedData:
         if log_w is not None and full.size:
             log_w_max[full] = np.maximum.reduceat(log_w, offsets[full])
         return cls(points, log_w, offsets, np.ascontiguousarray(centers), radii, half_sqnorm,
-                   repeats if repeats.any() else None, log_w_max)
+                   repeats if repeats.any() else None, log_w_max, runs=_long_runs(repeats, log_w, offsets))
+
+
+#: Runs of at least this many identical rows (equal prior weights, one cell) are kept in
+#: :attr:`CellSortedData.runs`: the cell kernel takes such a run as one term of multiplicity k.
+LONG_RUN_ROWS = 32
+
+
+def _long_runs(repeats: np.ndarray, log_w: np.ndarray | None, offsets: np.ndarray):
+    """(start, length) int64 of the runs of >= LONG_RUN_ROWS identical rows with equal log_w
+    within one cell (``repeats[j]``: row j equals row j - 1), ascending; None if there are none."""
+    same = repeats.astype(bool)
+    if log_w is not None:
+        same[1:] &= log_w[1:] == log_w[:-1]
+    same[offsets[:-1][offsets[:-1] < same.size]] = False  # a run never crosses into the next cell
+    if same.size:
+        same[0] = False
+    starts = np.flatnonzero(~same)
+    lengths = np.diff(np.append(starts, same.size))
+    keep = lengths >= LONG_RUN_ROWS
+    if not keep.any():
+        return None
+    return np.ascontiguousarray(starts[keep], dtype=np.int64), np.ascontiguousarray(lengths[keep], dtype=np.int64)
 
 
 def principal_axis(points: np.ndarray, origin: np.ndarray, n_sample: int = 16384, n_iter: int = 30) -> np.ndarray:

@@ -188,7 +188,8 @@ def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma
     better row (in a cell of many near-equal keys the nearest row can lie far down the order),
     and the run grows SEED_GROWTH-fold (SEED_ROWS first, at most SEED_MAX_ROWS rows) -- if the
     window its max gives is wide enough (key half-width > SEED_WIDTH g) that the longer run
-    costs a small part of the scan it may spare."""
+    costs a small part of the scan it may spare, and at least twice the narrowest any max could
+    give (sqrt(2 sigma^2 log_cut))."""
     n_q = y.shape[0]
     best = np.full(n_q, -np.inf)
     ky, _ = cells.query_keys(y)
@@ -199,10 +200,12 @@ def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma
     c0, c1 = offsets[cell], offsets[cell + 1]
     span = np.where(c1 > c0, keys[np.minimum(c1, keys.size) - 1] - keys[np.minimum(c0, keys.size - 1)], 0.0)
     todo = np.flatnonzero(2.0 * np.sqrt(2.0 * log_cut) * sigma < SEED_USEFUL * span)
+    rank = np.zeros(n_q, dtype=np.int64)
+    rank[todo] = cells.key_rank(ky[todo], cell[todo])
     k = SEED_ROWS
     while todo.size:
         c = cell[todo]
-        start, length = cells.key_neighbours(y[todo], c, k)
+        start, length = cells.key_neighbours(rank[todo], c, k)
         seg = _backends.Segments(np.arange(todo.size + 1, dtype=np.int64), start, length)
         p = _backends.partials_segments(backend, y[todo], sigma[todo], cells.points, cells.log_w, seg,
                                         threads(4.0 * k * todo.size * cells.points.shape[1]),
@@ -218,6 +221,8 @@ def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma
         with np.errstate(invalid="ignore", over="ignore"):
             better = best[todo] < top - gap * gap / s2  # a row outside the run may beat the run
             wide = s2 * (top - best[todo] + log_cut) > (SEED_WIDTH * gap) ** 2
+            # no window is narrower than sqrt(s2 log_cut): grow only if it might halve
+            better &= top - best[todo] > 3.0 * log_cut
         k *= SEED_GROWTH
         todo = todo[better & wide & (k <= SEED_MAX_ROWS)]
     # the float64 rounding of the seed rows' logits: keep the floor below the final max
