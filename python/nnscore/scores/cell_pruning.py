@@ -13,6 +13,14 @@ other cells are reduced by the cell-batched kernel (``partials_cells``: products
 cell's own centre, the dense kernel's fast and selection paths).  The result carries the dense
 engine's guarantee; only the work changes.
 
+Inside a scanned cell the rows are sorted by a key, their projection on the data's principal
+axis (:meth:`CellSortedData.keyed <nnscore.backends.CellSortedData.keyed>`): a row whose key is
+further than sqrt(2 sigma^2 (max log pi_c - floor)) from the query's has a logit below floor, so
+with floor = (a logit the query is known to reach) - log_cut its rows are skippable terms too and
+are never read.  The first scan's floor comes from :func:`seed_max` (the exact max over the rows
+of the own cell nearest the query in key), the second scan's from the first scan's max.  Runs of
+identical rows are one term each in the cell kernel (``CellSortedData.runs``).
+
 Skipping pays at small noise, where the near cells hold all the weight.  A query whose cells
 to scan hold more than :data:`PRUNE_MAX_FRACTION` of the rows goes to the dense kernel instead:
 per row the cell-batched scan costs more (it only visits rows near the query, where the terms
