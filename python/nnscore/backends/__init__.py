@@ -452,6 +452,7 @@ class CellSortedData:
     key_origin: np.ndarray | None = None
     row_keys: np.ndarray | None = None
     key_reach: float = 0.0  # max ||x_j - key_origin||: scales the keys' rounding
+    key_share: float = 0.0  # sum of squared keys / sum of ||x_j - key_origin||^2 (the axis's share)
     runs: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
@@ -465,18 +466,21 @@ class CellSortedData:
         axis = principal_axis(points, origin)
         n = points.shape[0]
         keys = np.empty(n)
-        reach = 0.0
+        reach = total = 0.0
         for s in range(0, n, chunk_rows):
             rows = points[order[s : s + chunk_rows]].astype(np.float64) - origin
             keys[s : s + chunk_rows] = rows @ axis
-            reach = max(reach, float(np.sqrt(np.max(np.einsum("ij,ij->i", rows, rows), initial=0.0))))
+            sq = np.einsum("ij,ij->i", rows, rows)
+            reach = max(reach, float(np.sqrt(np.max(sq, initial=0.0))))
+            total += float(np.sum(sq))
+        share = float(np.sum(keys * keys) / total) if total > 0 else 1.0
         cell_of_row = np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
         within = np.lexsort((keys, cell_of_row))  # stable: equal keys keep the index's order
         order, keys = order[within], keys[within]
         data = cls.build(np.ascontiguousarray(points[order]),
                          None if log_w is None else np.ascontiguousarray(log_w[order]), offsets, chunk_rows)
         data = dataclasses.replace(data, key_axis=axis, key_origin=origin, row_keys=keys,
-                                   key_reach=reach * (1.0 + 1e-12))  # fmt: skip
+                                   key_reach=reach * (1.0 + 1e-12), key_share=share)  # fmt: skip
         return data, order
 
     def query_keys(self, y: np.ndarray) -> tuple[np.ndarray, float]:

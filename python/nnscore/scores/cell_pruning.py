@@ -46,15 +46,22 @@ PRUNE_MAX_FRACTION = 0.2
 #: ``cells="auto"`` partitions training sets of at least this many rows (below, dense only).
 AUTO_MIN_ROWS = 16384
 #: Rows of the query's own cell, nearest its key, whose exact max logit sets the first scan's
-#: key windows (a better seed max gives thinner windows): SEED_ROWS first, SEED_GROWTH times
-#: more while a better row may lie outside the run, at most SEED_MAX_ROWS (:func:`seed_max`).
+#: key windows (a better seed max gives thinner windows): SEED_ROWS first (at d <= 64; as many
+#: flops above, at least 8 rows), SEED_GROWTH times more while a better row may lie outside the
+#: run and the window is large, at most SEED_MAX_ROWS (:func:`seed_max`).
 SEED_ROWS = 32
 SEED_GROWTH = 8
 SEED_MAX_ROWS = 2048
-SEED_WIDTH = 32.0
+SEED_SPARE = 4.0
 #: Seeded (windowed) first scans only where the narrowest possible window spans less than this
 #: fraction of the cell's key range.
 SEED_USEFUL = 0.5
+#: ... only in own cells of at least this many rows, and only where the key axis carries at
+#: least this share of the data's squared spread about its centre (image patches: 92%, their
+#: mean brightness; the README grid's manifold data at d >= 16: 18-25%, where key windows held
+#: 96-100% of the own cells' rows and seeding cost 10-20% of an evaluation).
+SEED_MIN_CELL = 256
+SEED_MIN_SHARE = 0.5
 
 
 class CellPruning:
@@ -188,16 +195,15 @@ def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma
               log_w_shift: float, log_cut: float, threads) -> np.ndarray:  # fmt: skip
     """(B,) a lower bound on each query's max logit (the Partial frame), for the key windows of a
     first scan (``floor = seed - log_cut``): the exact max over the rows of cell ``cell[i]``
-    whose keys are nearest query i's (-inf if the cell is empty, or where windows cannot be thin:
-    :data:`SEED_USEFUL`).
+    whose keys are nearest query i's (-inf if the cell is empty, or where windows cannot be thin
+    or spare much: :data:`SEED_USEFUL`, :data:`SEED_MIN_CELL`, :data:`SEED_MIN_SHARE`).
 
     Rows outside such a run have keys at least g away from the query's, hence logits at most
     log_w_max - g^2 / (2 sigma^2).  While the run's max is below that, a longer run may hold a
     better row (in a cell of many near-equal keys the nearest row can lie far down the order),
-    and the run grows SEED_GROWTH-fold (SEED_ROWS first, at most SEED_MAX_ROWS rows) -- if the
-    window its max gives is wide enough (key half-width > SEED_WIDTH g) that the longer run
-    costs a small part of the scan it may spare, and at least twice the narrowest any max could
-    give (sqrt(2 sigma^2 log_cut))."""
+    and the run grows SEED_GROWTH-fold (SEED_ROWS first, at most SEED_MAX_ROWS rows) if the
+    window its max gives holds more than SEED_SPARE times the longer run's rows (the run's
+    float64 rows must be a small part of the scan they may spare)."""
     n_q = y.shape[0]
     best = np.full(n_q, -np.inf)
     ky, _ = cells.query_keys(y)
@@ -207,10 +213,16 @@ def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma
     # (medium and large sigma) the windows would hold most rows, and the query keeps -inf.
     c0, c1 = offsets[cell], offsets[cell + 1]
     span = np.where(c1 > c0, keys[np.minimum(c1, keys.size) - 1] - keys[np.minimum(c0, keys.size - 1)], 0.0)
-    todo = np.flatnonzero(2.0 * np.sqrt(2.0 * log_cut) * sigma < SEED_USEFUL * span)
+    # A small own cell is cheap to scan whole: its windows would spare less than the seed costs;
+    # where the key axis carries a small share of the data's spread the windows stay wide.
+    todo = np.flatnonzero((2.0 * np.sqrt(2.0 * log_cut) * sigma < SEED_USEFUL * span) & (c1 - c0 >= SEED_MIN_CELL))
+    if cells.key_share < SEED_MIN_SHARE:
+        todo = todo[:0]
     rank = np.zeros(n_q, dtype=np.int64)
     rank[todo] = cells.key_rank(ky[todo], cell[todo])
-    k = SEED_ROWS
+    # SEED_ROWS float64 rows at d <= 64, fewer above (the same flops): where d is large a short
+    # run still finds a fair max, and the seed stays a small part of the scan
+    k = max(SEED_ROWS * 64 // max(64, cells.points.shape[1]), 8)
     while todo.size:
         c = cell[todo]
         start, length = cells.key_neighbours(rank[todo], c, k)
@@ -228,10 +240,16 @@ def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma
         top = cells.log_w_max[c] + log_w_shift
         with np.errstate(invalid="ignore", over="ignore"):
             better = best[todo] < top - gap * gap / s2  # a row outside the run may beat the run
-            wide = s2 * (top - best[todo] + log_cut) > (SEED_WIDTH * gap) ** 2
-            # no window is narrower than sqrt(s2 log_cut): grow only if it might halve
-            better &= top - best[todo] > 3.0 * log_cut
+            h = np.sqrt(np.maximum(s2 * (top - best[todo] + log_cut), 0.0))
         k *= SEED_GROWTH
-        todo = todo[better & wide & (k <= SEED_MAX_ROWS)]
+        # the rows of the window this seed gives: the longer run must be a small part of them
+        grow = better & (k <= SEED_MAX_ROWS)
+        if grow.any():
+            g, hg, kg = todo[grow], h[grow], ky[todo[grow]]
+            cg = cell[g]
+            window = (_backends._bisect(keys, offsets[cg], offsets[cg + 1], kg + hg, right=True)
+                      - _backends._bisect(keys, offsets[cg], offsets[cg + 1], kg - hg, right=False))  # fmt: skip
+            grow[grow] = window > SEED_SPARE * k
+        todo = todo[grow]
     # the float64 rounding of the seed rows' logits: keep the floor below the final max
     return best - 1e-9 * (1.0 + np.abs(best))
