@@ -215,7 +215,7 @@ def test_no_seed_where_the_key_axis_carries_little():
     data = ns.backends.TrainingData.prepare(points)
     offsets = np.array([0, 4000], dtype=np.int64)
     cells, _ = ns.backends.CellSortedData.keyed(points, None, np.arange(4000), offsets, data.center)
-    assert 0.0 < cells.key_share < cell_pruning.SEED_MIN_SHARE
+    assert 0.0 < cells.key_share < ns.backends.KEY_WINDOW_MIN_SHARE and not cells.windows_pay
     y = points[:8] + 1e-3
     seed = cell_pruning.seed_max("cpp" if ns.HAS_CORE else "numba", cells, y, np.full(8, 1e-3),
                                  np.zeros(8, np.int64), 0.0, 30.0, lambda work: 2)  # fmt: skip
@@ -223,3 +223,47 @@ def test_no_seed_where_the_key_axis_carries_little():
     line = np.column_stack([np.linspace(-50, 50, 4000), rng.standard_normal((4000, 15))])
     keyed, _ = ns.backends.CellSortedData.keyed(line, None, np.arange(4000), offsets, line.mean(axis=0))
     assert keyed.key_share > 0.9
+
+
+@pytest.mark.parametrize("backend", HOST)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unif", "weighted"])
+def test_cells_with_key_windows_and_long_runs_match_oracle(backend, dtype, weighted, seed):
+    """Data whose principal axis carries most of the spread (key windows and seeds on), with a
+    run of 300 copies of one row (one term per query in the cell kernel): the cells model and
+    KNNScore on its index give the float64 oracle's results (KNNScore within its bound)."""
+    rng = np.random.default_rng([seed, 29, int(weighted)])
+    n, d = 4000, 8
+    t = rng.uniform(-30.0, 30.0, n)
+    train = np.column_stack([t, 0.3 * rng.standard_normal((n, d - 1))])
+    train[1000:1300] = train[1000]
+    train = train.astype(dtype)
+    weights = rng.uniform(0.5, 1.0, n) if weighted else None
+    if weighted:
+        weights[1000:1300] = 0.7
+    model = ns.EmpiricalScore(train, weights=weights, backend=backend, cells=8)
+    assert model.cells.cells.windows_pay and model.cells.cells.runs is not None
+    R, s = data_radius(train), nn_spacing(train)
+    for f in SIGMA_FACTORS:
+        sigma = f * s
+        for kind in ("noisy", "on_train"):
+            x = _queries(rng, train, kind, 24, sigma)
+            x[:4] = train[1000] + (0.0 if kind == "on_train" else 0.5 * sigma)  # at the run
+            ref = ref_f64(train, x, sigma, weights=weights) if weighted else ref_f64(train, x, sigma)
+            res = model.evaluate(x, sigma)
+            assert_matches_oracle(res, ref, x, dtype, R, what=f"{backend} keyed cells {f:g}s {kind}")
+    index = ns.TrainingIndex(train, kind="ivf", nlist=8, rng=0)
+    knn = ns.KNNScore(index, weights=weights, tol=1e-4, backend=backend)
+    assert knn._cells.windows_pay
+    oracle = ns.EmpiricalScore(train.astype(np.float64), weights=weights)
+    for f in (1e-3, 1e-2, 0.3):
+        x = _queries(rng, train, "noisy", 32, f * s)
+        x[:4] = train[1000]
+        res = knn.evaluate(x, f * s)
+        true = oracle.evaluate(x.astype(np.float64), f * s)
+        err = np.linalg.norm(res.denoised.astype(np.float64) - true.denoised, axis=1)
+        bound = knn.denoiser_error_bound(res, 1.0)
+        # the certificate holds before the cast of D to the data's dtype
+        cast = float(np.finfo(dtype).eps) * np.linalg.norm(true.denoised, axis=1)
+        ok = res.path == "ivf-certified"
+        assert ok.any() and np.all(err[ok] <= bound[ok] * (1 + 1e-6) + cast[ok] + 1e-12 * R)

@@ -670,9 +670,9 @@ def test_ivf_first_probe_is_nearest_centroid_cell():
     first = {}  # per block of queries (the pilot, then the rest): the cells of its first scan
     scan = model._cells_partial
 
-    def spy(yb, sb, cells, log_cut, floor=None):
+    def spy(yb, sb, cells, log_cut, known_max=None):
         first.setdefault(yb.shape[0], cells.copy())
-        return scan(yb, sb, cells, log_cut, floor)
+        return scan(yb, sb, cells, log_cut, known_max)
 
     model._cells_partial = spy
     res = model.evaluate(q, 1e-4)

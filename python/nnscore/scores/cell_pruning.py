@@ -56,12 +56,9 @@ SEED_SPARE = 4.0
 #: Seeded (windowed) first scans only where the narrowest possible window spans less than this
 #: fraction of the cell's key range.
 SEED_USEFUL = 0.5
-#: ... only in own cells of at least this many rows, and only where the key axis carries at
-#: least this share of the data's squared spread about its centre (image patches: 92%, their
-#: mean brightness; the README grid's manifold data at d >= 16: 18-25%, where key windows held
-#: 96-100% of the own cells' rows and seeding cost 10-20% of an evaluation).
+#: ... and only in own cells of at least this many rows (and where
+#: ``CellSortedData.windows_pay``).
 SEED_MIN_CELL = 256
-SEED_MIN_SHARE = 0.5
 
 
 class CellPruning:
@@ -149,7 +146,7 @@ class CellPruning:
             own = np.zeros(upper.shape, dtype=np.uint8)
             own[np.arange(maybe.size), nearest] = 1
             seed = seed_max(backend, self.cells, ym, sm, nearest, data.log_w_shift, log_cut, threads)
-            first, first_exact = self._scan(backend, ym, sm, own, data, threads, ftol, seed - log_cut)
+            first, first_exact = self._scan(backend, ym, sm, own, data, threads, ftol, self._floor(seed, log_cut))
             floor = first.m - data.log_w_shift - log_cut  # every term below it may be skipped
             scan = (upper >= floor[:, None]) & (own == 0)
             rows_m = self.sizes[nearest] + scan.astype(np.int64) @ self.sizes
@@ -162,7 +159,7 @@ class CellPruning:
         n_exact = np.zeros(n_q, dtype=np.int64)
         if maybe.size:
             rest, rest_exact = self._scan(backend, ym, sm, scan.astype(np.uint8), data, threads, ftol,
-                                          first.m - log_cut)  # fmt: skip
+                                          self._floor(first.m, log_cut))  # fmt: skip
             p = merge(first, rest)
             top1 = np.where(p.top1 >= 0, self.order[np.maximum(p.top1, 0)], -1)
             blocks.append((maybe, Partial(m=p.m, z=p.z, v=p.v, q=p.q, z2=p.z2, top1=top1)))
@@ -180,6 +177,11 @@ class CellPruning:
                 diagnostics["n_exact"] = n_exact
         return assemble(blocks, n_q, data.dim, data.log_mass)
 
+    def _floor(self, known_max: np.ndarray, log_cut: float) -> np.ndarray | None:
+        """The key-window floor of a scan: known_max - log_cut, or None (whole cells) where
+        windows do not pay (``CellSortedData.windows_pay``)."""
+        return known_max - log_cut if self.cells.windows_pay else None
+
     def _scan(self, backend, y, sigma, marked, data, threads, fast_tol, floor) -> tuple[Partial, np.ndarray]:
         """(partial over the marked cells, rows below ``floor`` skipped, top1 in cell order; its
         float64 recompute counts)."""
@@ -196,7 +198,7 @@ def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma
     """(B,) a lower bound on each query's max logit (the Partial frame), for the key windows of a
     first scan (``floor = seed - log_cut``): the exact max over the rows of cell ``cell[i]``
     whose keys are nearest query i's (-inf if the cell is empty, or where windows cannot be thin
-    or spare much: :data:`SEED_USEFUL`, :data:`SEED_MIN_CELL`, :data:`SEED_MIN_SHARE`).
+    or spare much: :data:`SEED_USEFUL`, :data:`SEED_MIN_CELL`, ``cells.windows_pay``).
 
     Rows outside such a run have keys at least g away from the query's, hence logits at most
     log_w_max - g^2 / (2 sigma^2).  While the run's max is below that, a longer run may hold a
@@ -216,7 +218,7 @@ def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma
     # A small own cell is cheap to scan whole: its windows would spare less than the seed costs;
     # where the key axis carries a small share of the data's spread the windows stay wide.
     todo = np.flatnonzero((2.0 * np.sqrt(2.0 * log_cut) * sigma < SEED_USEFUL * span) & (c1 - c0 >= SEED_MIN_CELL))
-    if cells.key_share < SEED_MIN_SHARE:
+    if not cells.windows_pay:
         todo = todo[:0]
     rank = np.zeros(n_q, dtype=np.int64)
     rank[todo] = cells.key_rank(ky[todo], cell[todo])
@@ -245,11 +247,8 @@ def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma
         # the rows of the window this seed gives: the longer run must be a small part of them
         grow = better & (k <= SEED_MAX_ROWS)
         if grow.any():
-            g, hg, kg = todo[grow], h[grow], ky[todo[grow]]
-            cg = cell[g]
-            window = (_backends._bisect(keys, offsets[cg], offsets[cg + 1], kg + hg, right=True)
-                      - _backends._bisect(keys, offsets[cg], offsets[cg + 1], kg - hg, right=False))  # fmt: skip
-            grow[grow] = window > SEED_SPARE * k
+            g = todo[grow]
+            grow[grow] = cells.rows_within(ky[g], cell[g], h[grow]) > SEED_SPARE * k
         todo = todo[grow]
     # the float64 rounding of the seed rows' logits: keep the floor below the final max
     return best - 1e-9 * (1.0 + np.abs(best))

@@ -620,7 +620,7 @@ class KNNScore(ScoreModel):
                         probed[i, prev["cells"]] = 1
         log_cut = self._cells_log_cut(rho[rows])
         seed = self._seed_max(yb, sb, probed, low2, log_cut)
-        p = self._cells_partial(yb, sb, probed, log_cut, seed - log_cut)
+        p = self._cells_partial(yb, sb, probed, log_cut, seed)
         too_many = np.zeros(rows.size, dtype=bool)
         if self.tol is not None:
             p, too_many = self._ivf_select(p, yb, sb, rho[rows], low2, probed, log_cut)
@@ -668,17 +668,19 @@ class KNNScore(ScoreModel):
                 probed[h] = widened
             extra = probed & ~before
             if extra.any():
-                p = merge(p, self._cells_partial(yb, sb, extra, log_cut, p.m - log_cut))
+                p = merge(p, self._cells_partial(yb, sb, extra, log_cut, p.m))
                 p = dataclasses.replace(p, log_mass=self.data.log_mass)
             if not retry:
                 break
         return p, too_many
 
-    def _cells_partial(self, yb, sb, cells: np.ndarray, log_cut: float, floor=None) -> Partial:
+    def _cells_partial(self, yb, sb, cells: np.ndarray, log_cut: float, known_max=None) -> Partial:
         """Exact partial of each query over the rows of its selected cells ((B, nlist) mask),
-        terms below (max - log_cut) skipped, and rows below ``floor`` (B,) (a known logit minus
-        log_cut) never visited; top1 indexes the cell-sorted copy."""
+        terms below (max - log_cut) skipped; with ``known_max`` (B,) (a logit the query's partial
+        reaches), rows below known_max - log_cut are never read where key windows pay.  top1
+        indexes the cell-sorted copy."""
         data = self.data
+        floor = None if known_max is None or not self._cells.windows_pay else known_max - log_cut
         work = 4.0 * float(np.sum(self._marked_rows(cells))) * data.dim
         return _backends.partials_cells(self.backend, np.ascontiguousarray(yb), sb, self._cells, cells,
                                         self._threads(work), log_w_shift=data.log_w_shift,
@@ -728,7 +730,7 @@ class KNNScore(ScoreModel):
                 cells[i, e["cells"]] = 1
             log_cut = self._cells_log_cut(rho[hits])
             seed = self._seed_max(y[hits], st[hits], cells, low, log_cut)
-            p = self._cells_partial(y[hits], st[hits], cells, log_cut, seed - log_cut)
+            p = self._cells_partial(y[hits], st[hits], cells, log_cut, seed)
             p = dataclasses.replace(p, top1=self._original_rows(p.top1))
             low = np.maximum(low - moved[:, None], 0.0)
             log_t, log_g = _tail_sums(low * low, self._log_cell_mass, st[hits], cells, self._threads(low.size))
