@@ -236,17 +236,23 @@ def test_key_windows_rule(seed):
         assert np.all((reach >= lo[k]) & (reach < hi[k])), (i, c)
 
 
-@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
-def test_binding_rejects_partial_key_arguments():
-    rng = np.random.default_rng(1)
+def _binding_args(seed):
+    """Positional arguments of partials_cells_f64 up to row_repeats: 3 queries, 3 cells of 10 rows."""
     n, d, n_q, n_cells = 30, 4, 3, 3
+    rng = np.random.default_rng(seed)
     x, y = rng.normal(size=(n, d)), rng.normal(size=(n_q, d))
     offsets = np.array([0, 10, 20, 30], np.int64)
     m, z, q, z2 = (np.empty(n_q) for _ in range(4))
     v = np.empty((n_q, d))
     top1, n_exact = np.empty(n_q, np.int64), np.empty(n_q, np.int64)
-    args = (y, x, np.zeros(n), None, np.ones(n_q), np.ones((n_q, n_cells), np.uint8), offsets,
+    return (y, x, np.zeros(n), None, np.ones(n_q), np.ones((n_q, n_cells), np.uint8), offsets,
             np.zeros((n_cells, d)), np.ones(n_cells), m, z, v, q, z2, top1, n_exact, 0.0, 40.0, 1, 0, None)
+
+
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+def test_binding_rejects_partial_key_arguments():
+    args = _binding_args(1)
+    n, n_q, n_cells = 30, 3, 3
     keys = np.zeros(n)
     with pytest.raises(ValueError, match="all four"):
         nb._core.partials_cells_f64(*args, keys, np.zeros(n_q))
@@ -325,16 +331,7 @@ def test_long_runs_as_terms_match_the_rows(variant, dtype, weighted, seed):
 @pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
 @pytest.mark.parametrize("case", ["crosses_cell", "overlap", "descending", "empty", "one_array"])
 def test_binding_rejects_bad_runs(case):
-    rng = np.random.default_rng(2)
-    n, d, n_q, n_cells = 30, 4, 3, 3
-    x, y = rng.normal(size=(n, d)), rng.normal(size=(n_q, d))
-    offsets = np.array([0, 10, 20, 30], np.int64)
-    m, z, q, z2 = (np.empty(n_q) for _ in range(4))
-    v = np.empty((n_q, d))
-    top1, n_exact = np.empty(n_q, np.int64), np.empty(n_q, np.int64)
-    args = (y, x, np.zeros(n), None, np.ones(n_q), np.ones((n_q, n_cells), np.uint8), offsets,
-            np.zeros((n_cells, d)), np.ones(n_cells), m, z, v, q, z2, top1, n_exact, 0.0, 40.0, 1, 0, None,
-            None, None, None, None, 0.0)  # fmt: skip
+    args = _binding_args(2) + (None, None, None, None, 0.0)  # no key windows
     start, length = {"crosses_cell": ([5], [8]), "overlap": ([0, 3], [5, 4]), "descending": ([12, 2], [3, 3]),
                      "empty": ([2], [0]), "one_array": ([2], None)}[case]  # fmt: skip
     start = np.array(start, np.int64)
