@@ -453,13 +453,13 @@ class CellSortedData:
     row_keys: np.ndarray | None = None
     key_reach: float = 0.0  # max ||x_j - key_origin||: scales the keys' rounding
     key_share: float = 0.0  # sum of squared keys / sum of ||x_j - key_origin||^2 (the axis's share)
+    runs: tuple[np.ndarray, np.ndarray] | None = None  # (start, length) of the long runs (_long_runs)
 
     @property
     def windows_pay(self) -> bool:
         """Whether key windows are worth their cost here: keys exist and the key axis carries at
         least :data:`KEY_WINDOW_MIN_SHARE` of the data's squared spread about its centre."""
         return self.row_keys is not None and self.key_share >= KEY_WINDOW_MIN_SHARE
-    runs: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def keyed(cls, points: np.ndarray, log_w: np.ndarray | None, order: np.ndarray, offsets: np.ndarray,
@@ -604,7 +604,7 @@ def principal_axis(points: np.ndarray, origin: np.ndarray, n_sample: int = 16384
     Any unit vector keeps the key windows exact; the principal one makes them thinnest."""
     step = max(1, points.shape[0] // n_sample)
     z = points[::step][:n_sample].astype(np.float64) - origin
-    u = np.ones(z.shape[1]) + np.arange(z.shape[1]) / z.shape[1]  # fixed start, not orthogonal to any axis
+    u = np.ones(z.shape[1]) + np.arange(z.shape[1]) / z.shape[1]  # fixed start, no zero coordinate
     for _ in range(n_iter):
         w = z.T @ (z @ u)
         norm = float(np.linalg.norm(w))
