@@ -461,6 +461,11 @@ class CellSortedData:
         least :data:`KEY_WINDOW_MIN_SHARE` of the data's squared spread about its centre."""
         return self.row_keys is not None and self.key_share >= KEY_WINDOW_MIN_SHARE
 
+    def window_floor(self, known_max: np.ndarray, log_cut: float) -> np.ndarray | None:
+        """The ``floor`` of :func:`partials_cells` for queries whose partial reaches logit
+        ``known_max`` (B,): known_max - log_cut, or None (whole cells) where windows do not pay."""
+        return known_max - log_cut if self.windows_pay else None
+
     @classmethod
     def keyed(cls, points: np.ndarray, log_w: np.ndarray | None, order: np.ndarray, offsets: np.ndarray,
               origin: np.ndarray, chunk_rows: int = 1 << 16) -> tuple["CellSortedData", np.ndarray]:  # fmt: skip

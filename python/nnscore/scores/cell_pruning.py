@@ -146,7 +146,8 @@ class CellPruning:
             own = np.zeros(upper.shape, dtype=np.uint8)
             own[np.arange(maybe.size), nearest] = 1
             seed = seed_max(backend, self.cells, ym, sm, nearest, data.log_w_shift, log_cut, threads)
-            first, first_exact = self._scan(backend, ym, sm, own, data, threads, ftol, self._floor(seed, log_cut))
+            first, first_exact = self._scan(backend, ym, sm, own, data, threads, ftol,
+                                            self.cells.window_floor(seed, log_cut))  # fmt: skip
             floor = first.m - data.log_w_shift - log_cut  # every term below it may be skipped
             scan = (upper >= floor[:, None]) & (own == 0)
             rows_m = self.sizes[nearest] + scan.astype(np.int64) @ self.sizes
@@ -159,7 +160,7 @@ class CellPruning:
         n_exact = np.zeros(n_q, dtype=np.int64)
         if maybe.size:
             rest, rest_exact = self._scan(backend, ym, sm, scan.astype(np.uint8), data, threads, ftol,
-                                          self._floor(first.m, log_cut))  # fmt: skip
+                                          self.cells.window_floor(first.m, log_cut))  # fmt: skip
             p = merge(first, rest)
             top1 = np.where(p.top1 >= 0, self.order[np.maximum(p.top1, 0)], -1)
             blocks.append((maybe, Partial(m=p.m, z=p.z, v=p.v, q=p.q, z2=p.z2, top1=top1)))
@@ -176,11 +177,6 @@ class CellPruning:
             if backend == "cpp":
                 diagnostics["n_exact"] = n_exact
         return assemble(blocks, n_q, data.dim, data.log_mass)
-
-    def _floor(self, known_max: np.ndarray, log_cut: float) -> np.ndarray | None:
-        """The key-window floor of a scan: known_max - log_cut, or None (whole cells) where
-        windows do not pay (``CellSortedData.windows_pay``)."""
-        return known_max - log_cut if self.cells.windows_pay else None
 
     def _scan(self, backend, y, sigma, marked, data, threads, fast_tol, floor) -> tuple[Partial, np.ndarray]:
         """(partial over the marked cells, rows below ``floor`` skipped, top1 in cell order; its
@@ -208,6 +204,8 @@ def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma
     float64 rows must be a small part of the scan they may spare)."""
     n_q = y.shape[0]
     best = np.full(n_q, -np.inf)
+    if not cells.windows_pay:  # no windows will be used: no seed either
+        return best
     ky, _ = cells.query_keys(y)
     keys, offsets = cells.row_keys, cells.offsets
     # No window can be narrower than sqrt(2 sigma^2 log_cut) (the floor is at most the max logit
@@ -215,11 +213,8 @@ def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma
     # (medium and large sigma) the windows would hold most rows, and the query keeps -inf.
     c0, c1 = offsets[cell], offsets[cell + 1]
     span = np.where(c1 > c0, keys[np.minimum(c1, keys.size) - 1] - keys[np.minimum(c0, keys.size - 1)], 0.0)
-    # A small own cell is cheap to scan whole: its windows would spare less than the seed costs;
-    # where the key axis carries a small share of the data's spread the windows stay wide.
+    # A small own cell is cheap to scan whole: its windows would spare less than the seed costs.
     todo = np.flatnonzero((2.0 * np.sqrt(2.0 * log_cut) * sigma < SEED_USEFUL * span) & (c1 - c0 >= SEED_MIN_CELL))
-    if not cells.windows_pay:
-        todo = todo[:0]
     rank = np.zeros(n_q, dtype=np.int64)
     rank[todo] = cells.key_rank(ky[todo], cell[todo])
     # SEED_ROWS float64 rows at d <= 64, fewer above (the same flops): where d is large a short

@@ -680,7 +680,7 @@ class KNNScore(ScoreModel):
         reaches), rows below known_max - log_cut are never read where key windows pay.  top1
         indexes the cell-sorted copy."""
         data = self.data
-        floor = None if known_max is None or not self._cells.windows_pay else known_max - log_cut
+        floor = None if known_max is None else self._cells.window_floor(known_max, log_cut)
         work = 4.0 * float(np.sum(self._marked_rows(cells))) * data.dim
         return _backends.partials_cells(self.backend, np.ascontiguousarray(yb), sb, self._cells, cells,
                                         self._threads(work), log_w_shift=data.log_w_shift,
