@@ -167,49 +167,10 @@ def test_cells_third_moment_and_schedules():
         np.testing.assert_allclose(a.log_density, b.log_density, rtol=1e-11, atol=1e-11)
 
 
-@pytest.mark.parametrize("weighted", [False, True], ids=["unif", "weighted"])
-def test_seed_max_is_a_lower_bound_that_grows_in_dense_key_runs(weighted, monkeypatch):
-    """seed_max, the max logit that sets the first scan's key windows, never exceeds the true
-    max over the cell (else the windows could drop weight).  Where 2000 rows share nearly one
-    key, the key-nearest SEED_ROWS rows rarely hold the query's nearest row; the run grows and
-    then finds it for most queries."""
-    rng = np.random.default_rng(11)
-    block = np.column_stack([np.zeros(2000), rng.uniform(-1, 1, (2000, 2))])  # about one key for all
-    spread = np.column_stack([rng.uniform(-10, 10, 1000), rng.uniform(-1, 1, (1000, 2))])
-    points = np.concatenate([block, spread])
-    weights = rng.uniform(0.5, 1.0, points.shape[0]) if weighted else None
-    data = ns.backends.TrainingData.prepare(points, weights=weights)
-    offsets = np.array([0, points.shape[0]], dtype=np.int64)
-    cells, _ = ns.backends.CellSortedData.keyed(points, data.log_w, np.arange(points.shape[0]), offsets,
-                                                data.center)  # fmt: skip
-    src = rng.choice(2000, 64, replace=False)
-    y = points[src] + 1e-3 * rng.standard_normal((64, 3))  # the source's key is ~100 rows away
-    sigma = np.full(64, 1e-3)
-    log_cut = ns.backends.skip_log_cut(points.shape[0], np.float64)
-    logits = (0.0 if data.log_w is None else data.log_w[None, :]) + data.log_w_shift
-    true = (logits - np.sum((y[:, None, :] - points[None]) ** 2, axis=2) / (2 * sigma[:, None] ** 2)).max(axis=1)
-
-    def seed():
-        return cell_pruning.seed_max("cpp" if ns.HAS_CORE else "numba", cells, y, sigma, np.zeros(64, np.int64),
-                                     data.log_w_shift, log_cut, lambda work: 2)  # fmt: skip
-
-    grown = seed()
-    monkeypatch.setattr(cell_pruning, "SEED_MAX_ROWS", cell_pruning.SEED_ROWS)
-    short = seed()
-    for s in (grown, short):
-        assert np.all(s <= true + 1e-12 * np.abs(true))
-    assert np.all(grown >= short)
-    found = np.isclose(grown, true, rtol=1e-8, atol=1e-8)
-    assert np.mean(found) >= 0.75 and np.mean(np.isclose(short, true, rtol=1e-8, atol=1e-8)) <= 0.25, \
-        (np.mean(found), np.mean(np.isclose(short, true)))
-    # sigma so large that no window could be thin: no seed (whole cells)
-    sigma = np.full(64, 10.0)
-    assert np.all(np.isneginf(seed()))
-
-
-def test_no_seed_where_the_key_axis_carries_little():
+def test_no_key_scans_where_the_key_axis_carries_little():
     """Isotropic data: the principal axis carries ~1/d of the spread (key_share), key windows
-    would hold most of a cell, and seed_max spends nothing (all -inf: whole-cell first scans)."""
+    would hold most of a cell, and scan_own_cells spends nothing (no scan complete, every max
+    -inf: whole-cell first scans)."""
     rng = np.random.default_rng(4)
     points = rng.standard_normal((4000, 16))
     data = ns.backends.TrainingData.prepare(points)
@@ -217,23 +178,38 @@ def test_no_seed_where_the_key_axis_carries_little():
     cells, _ = ns.backends.CellSortedData.keyed(points, None, np.arange(4000), offsets, data.center)
     assert 0.0 < cells.key_share < ns.backends.KEY_WINDOW_MIN_SHARE and not cells.windows_pay
     y = points[:8] + 1e-3
-    seed = cell_pruning.seed_max("cpp" if ns.HAS_CORE else "numba", cells, y, np.full(8, 1e-3),
-                                 np.zeros(8, np.int64), 0.0, 30.0, lambda work: 2)  # fmt: skip
-    assert np.all(np.isneginf(seed))
+    p, done, terms = cell_pruning.scan_own_cells("cpp", cells, y, np.full(8, 1e-3), np.zeros(8, np.int64), 0.0,
+                                                 0.0, 30.0, lambda work: 2)  # fmt: skip
+    assert np.all(np.isneginf(p.m)) and not done.any() and not terms.any()
     line = np.column_stack([np.linspace(-50, 50, 4000), rng.standard_normal((4000, 15))])
     keyed, _ = ns.backends.CellSortedData.keyed(line, None, np.arange(4000), offsets, line.mean(axis=0))
     assert keyed.key_share > 0.9
+    # sigma so large that no window could be thin: no scan either
+    p, done, _ = cell_pruning.scan_own_cells("cpp", keyed, line[:8], np.full(8, 30.0), np.zeros(8, np.int64), 0.0,
+                                             0.0, 30.0, lambda work: 2)  # fmt: skip
+    assert np.all(np.isneginf(p.m)) and not done.any()
 
 
 @pytest.mark.parametrize("backend", HOST)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unif", "weighted"])
-def test_cells_with_key_windows_and_long_runs_match_oracle(backend, dtype, weighted, seed):
-    """Data whose principal axis carries most of the spread (key windows and seeds on), with a
-    run of 300 copies of one row (one term per query in the cell kernel): the cells model and
-    KNNScore on its index give the float64 oracle's results (KNNScore within its bound)."""
-    rng = np.random.default_rng([seed, 29, int(weighted)])
-    n, d = 4000, 8
+@pytest.mark.parametrize("d", [8, 24])
+def test_cells_with_key_windows_and_long_runs_match_oracle(backend, dtype, weighted, d, seed, monkeypatch):
+    """Data whose principal axis carries most of the spread (key scans of the own cell, key
+    windows elsewhere; row sketches at d = 24), with a run of 300 copies of one row (one term
+    per query): the cells model and KNNScore on its index give the float64 oracle's results
+    (KNNScore within its bound)."""
+    scans = []
+    key_scan = ns.backends.partials_key_scan
+
+    def counted(*args, **kwargs):
+        out = key_scan(*args, **kwargs)
+        scans.append(int(out[1].sum()))
+        return out
+
+    monkeypatch.setattr(ns.backends, "partials_key_scan", counted)
+    rng = np.random.default_rng([seed, 29, int(weighted), d])
+    n = 4000
     t = rng.uniform(-30.0, 30.0, n)
     train = np.column_stack([t, 0.3 * rng.standard_normal((n, d - 1))])
     train[1000:1300] = train[1000]
@@ -243,6 +219,7 @@ def test_cells_with_key_windows_and_long_runs_match_oracle(backend, dtype, weigh
         weights[1000:1300] = 0.7
     model = ns.EmpiricalScore(train, weights=weights, backend=backend, cells=8)
     assert model.cells.cells.windows_pay and model.cells.cells.runs is not None
+    assert (model.cells.cells.row_sketch is not None) == (d >= ns.backends.SKETCH_MIN_DIM)
     R, s = data_radius(train), nn_spacing(train)
     for f in SIGMA_FACTORS:
         sigma = f * s
@@ -267,3 +244,5 @@ def test_cells_with_key_windows_and_long_runs_match_oracle(backend, dtype, weigh
         cast = float(np.finfo(dtype).eps) * np.linalg.norm(true.denoised, axis=1)
         ok = res.path == "ivf-certified"
         assert ok.any() and np.all(err[ok] <= bound[ok] * (1 + 1e-6) + cast[ok] + 1e-12 * R)
+    # the key scans ran, and completed, for cpp only
+    assert (sum(scans) > 0) == (backend == "cpp"), scans

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 import nnscore as ns
 from nnscore import backends as nb
 
+from nnscore.partials import take
+
 from test_segments import VARIANTS, VIDS, check, dense_oracle
 
 
@@ -338,3 +340,180 @@ def test_binding_rejects_bad_runs(case):
     length = None if length is None else np.array(length, np.int64)
     with pytest.raises(ValueError, match="run"):
         nb._core.partials_cells_f64(*args, start, length)
+
+
+# -- key scans (partials_key_scan: cpp) -----------------------------------------------------------
+
+CPP_LEVELS = [lvl for b, lvl in VARIANTS if b == "cpp"]
+
+
+def scan_data(rng, d, dtype, weighted):
+    """Keyed cells whose first axis carries most of the spread (thin key windows): cell 0 holds a
+    block of 400 rows on nearly one key (dense keys: windows hold all of them) and a run of 300
+    copies of one row; cell 1 is empty, cell 3 a single row."""
+    sizes = [1500, 0, 900, 1]
+    n = sum(sizes)
+    t = np.concatenate([rng.uniform(-30, 30, 1500), rng.uniform(40, 90, 900), [100.0]])
+    points = np.column_stack([t, 0.3 * rng.normal(size=(n, d - 1))])
+    points[100:500, 0] = 5.0 + 1e-6 * rng.normal(size=400)  # dense keys
+    points[600:900] = points[600]  # the run
+    log_w = None
+    if weighted:
+        log_w = np.log(rng.uniform(0.2, 1.0, n))
+        log_w[600:900] = np.log(0.5)
+        log_w[rng.choice(n, n // 20, replace=False)] = -np.inf
+        log_w[600:900] = np.log(0.5)
+        log_w -= log_w[np.isfinite(log_w)].max()
+    points = points.astype(dtype)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    cells, perm = nb.CellSortedData.keyed(points, log_w, np.arange(n), offsets, points.astype(np.float64).mean(axis=0))
+    return cells
+
+
+def scan_queries(rng, cells, n_q, scale):
+    pts = cells.points.astype(np.float64)
+    y = pts[rng.integers(0, pts.shape[0], n_q)] + scale * rng.normal(size=(n_q, pts.shape[1]))
+    run = np.flatnonzero(np.all(pts == pts[cells.runs[0][0]], axis=1))[0] if cells.runs is not None else 0
+    y[0] = pts[run]  # on the run
+    y[1] = pts[run] + 0.5 * scale  # next to it
+    y[2] = pts[np.argmin(np.abs(pts[:, 0] - 5.0))] + scale  # in the dense keys
+    y[3] = pts[7]  # exactly on a row
+    y[-1] = pts.mean(axis=0) + 1e3  # far from everything
+    return y.astype(cells.points.dtype)
+
+
+def own_cells(cells, y):
+    """Each query's cell: the non-empty cell whose mean is nearest (any cell is a valid input)."""
+    full = np.flatnonzero(np.diff(cells.offsets) > 0)
+    d2 = np.sum((y[:, None, :].astype(np.float64) - cells.centers[full][None].astype(np.float64)) ** 2, axis=2)
+    return full[np.argmin(d2, axis=1)]
+
+
+def cell_segments(cells, cell):
+    offs = cells.offsets
+    return nb.Segments(np.arange(cell.size + 1, dtype=np.int64), offs[cell], offs[cell + 1] - offs[cell])
+
+
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+@pytest.mark.parametrize("level", CPP_LEVELS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("d", [1, 8, 24])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unif", "weighted"])
+def test_key_scan_matches_the_cell(level, dtype, d, weighted, seed):
+    """A complete key scan gives the partial of the whole cell (float64 oracle; runs as one term,
+    rows below max - log_cut unread), from sigma = 1e-5 (a few rows read) to 1e3 (all).  With
+    d >= SKETCH_MIN_DIM the rows' sketches keep most rows of a window unread."""
+    rng = np.random.default_rng([seed, d, int(weighted), np.dtype(dtype).itemsize, 83])
+    cells = scan_data(rng, d, dtype, weighted)
+    assert (cells.row_sketch is not None) == (d >= nb.SKETCH_MIN_DIM)
+    n_q = 40
+    y = scan_queries(rng, cells, n_q, 1e-3)
+    cell = own_cells(cells, y)
+    cell[5] = 1  # the empty cell: an empty partial
+    cell[6] = 3  # a one-row cell
+    seg = cell_segments(cells, cell)
+    terms_at = {}
+    for s in (1e-5, 1e-3, 0.1, 3.0, 1e3):
+        sigma = np.full(n_q, s) if s != 0.1 else rng.uniform(0.05, 0.2, n_q)
+        p, done, terms = nb.partials_key_scan(y, sigma, cells, cell, 2, max_terms=10**6, max_visits=10**6, level=level)
+        what = f"level {level} sigma={s:g}"
+        assert done.all(), what
+        check(p, y, cells.points, sigma, cells.log_w, seg, what)
+        assert np.all(terms <= seg.length) and terms[5] == 0, what
+        terms_at[s] = int(terms.sum())
+    if d > 1:
+        assert terms_at[1e-5] < 0.15 * seg.length.sum(), terms_at  # the dense-key block is read whole
+    if cells.row_sketch is not None:  # the sketch leaves the dense-key block unread
+        assert terms_at[1e-3] < 0.05 * seg.length.sum(), terms_at
+    # the runs are one term: at 1e3 every row is a term, but each run of k rows counts once
+    starts, lengths = cells.runs
+    in_cell = (cells.offsets[cell][:, None] <= starts[None]) & (starts[None] < cells.offsets[cell + 1][:, None])
+    assert lengths.max() >= 300 and terms_at[1e3] == int(seg.length.sum() - np.sum(in_cell * (lengths - 1)[None]))
+
+
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+@pytest.mark.parametrize("level", CPP_LEVELS)
+@pytest.mark.parametrize("d", [8, 24])
+def test_key_scan_budgets(level, d, seed):
+    """A scan that runs out of terms or visits says so (complete = False) and its max is a lower
+    bound on the cell's (the floor it gives a windowed scan keeps every term); where it says
+    complete, it is the cell's partial."""
+    rng = np.random.default_rng([seed, d, 89])
+    cells = scan_data(rng, d, np.float64, True)
+    n_q = 40
+    y = scan_queries(rng, cells, n_q, 1e-3)
+    cell = own_cells(cells, y)
+    seg = cell_segments(cells, cell)
+    for s in (1e-4, 0.5):
+        sigma = np.full(n_q, s)
+        m_true = dense_oracle(y, cells.points, sigma, cells.log_w, seg)[0]
+        for max_terms, max_visits in ((1, 1), (3, 10**6), (4, 5), (2, 40)):
+            p, done, terms = nb.partials_key_scan(y, sigma, cells, cell, 2, max_terms=max_terms,
+                                                  max_visits=max_visits, level=level)  # fmt: skip
+            what = f"level {level} sigma={s} budget={max_terms},{max_visits}"
+            assert np.all(terms <= max_terms), what
+            assert np.all(p.m <= m_true + 1e-12 * (1.0 + np.abs(m_true))), what
+            if done.any():
+                check(take(p, done), y[done], cells.points, sigma[done], cells.log_w,
+                      cell_segments(cells, cell[done]), what)  # fmt: skip
+            if s == 0.5:
+                assert not done.all(), what  # every row matters at this sigma: the budgets bind
+
+
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+def test_sketch_bounds(seed):
+    """The sketch axes and the key axis are orthonormal, and the slack of query_sketch covers
+    the rounding of both sides: |row sketch - exact| + |query sketch - exact| <= slack, exact
+    projections in extended precision."""
+    rng = np.random.default_rng([seed, 97])
+    for dtype, scale in ((np.float32, 1.0), (np.float64, 1e3)):
+        cells = scan_data(rng, 40, dtype, False)
+        basis = np.vstack([cells.key_axis, cells.sketch_axes])
+        np.testing.assert_allclose(basis @ basis.T, np.eye(nb.SKETCH_AXES + 1), atol=1e-13)
+        y = (scan_queries(rng, cells, 30, 1.0).astype(np.float64) * scale).astype(dtype)
+        ys, slack = cells.query_sketch(y)
+        axes = cells.sketch_axes.astype(np.longdouble)
+        origin = cells.key_origin.astype(np.longdouble)
+        exact_rows = (cells.points.astype(np.longdouble) - origin) @ axes.T
+        exact_y = (y.astype(np.longdouble) - origin) @ axes.T
+        err = np.max(np.abs(cells.row_sketch - exact_rows)) + np.max(np.abs(ys - exact_y))
+        assert 0 < err <= slack, (err, slack)
+
+
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+@pytest.mark.parametrize("case", ["range", "reversed", "budget", "no_terms", "sketch_shape", "one_sketch",
+                                  "sketch_slack", "log_cut"])
+def test_binding_rejects_bad_key_scans(case):
+    n, d, n_q = 30, 16, 3
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(n, d)), rng.normal(size=(n_q, d))
+    lo, hi = np.zeros(n_q, np.int64), np.full(n_q, n, np.int64)
+    m, z, q, z2 = (np.empty(n_q) for _ in range(4))
+    v = np.empty((n_q, d))
+    top1, terms, done = np.empty(n_q, np.int64), np.empty(n_q, np.int64), np.empty(n_q, np.uint8)
+    sketch = [np.zeros((n, nb.SKETCH_AXES), np.float32), np.zeros((n_q, nb.SKETCH_AXES)), 0.0]
+    budget, log_cut = [4, 8], 30.0
+    if case == "range":
+        hi[1] = n + 1
+    elif case == "reversed":
+        lo[2] = 5
+        hi[2] = 4
+    elif case == "budget":
+        budget = [8, 4]
+    elif case == "no_terms":
+        budget = [0, 4]
+    elif case == "sketch_shape":
+        sketch[0] = np.zeros((n, nb.SKETCH_AXES - 1), np.float32)
+    elif case == "one_sketch":
+        sketch[1] = None
+    elif case == "sketch_slack":
+        sketch[2] = np.nan
+    elif case == "log_cut":
+        log_cut = 0.0
+    match = {"range": "row_lo, row_hi", "reversed": "row_lo, row_hi", "budget": "max_terms, max_visits",
+             "no_terms": "max_terms", "sketch_shape": "row_sketch", "one_sketch": "give both",
+             "sketch_slack": "sketch_slack", "log_cut": "log_cut"}[case]  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        nb._core.partials_key_scan_f64(y, x, None, np.ones(n_q), lo, hi, np.sort(rng.normal(size=n)), np.zeros(n_q),
+                                       np.zeros(n_q), 0.0, None, None, *sketch, m, z, v, q, z2, top1, terms, done,
+                                       log_cut, *budget, 1, 0)  # fmt: skip

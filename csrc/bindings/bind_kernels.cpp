@@ -216,6 +216,102 @@ void def_segments(py::module_& m, const char* name) {
 }
 
 template <class T>
+void bind_key_scan(py::array_t<T> y, py::array_t<T> x, std::optional<py::array_t<double>> log_w, py::array_t<double> sigma,
+                   py::array_t<std::int64_t> row_lo, py::array_t<std::int64_t> row_hi, py::array_t<double> row_keys,
+                   py::array_t<double> query_keys, py::array_t<double> top, double key_slack,
+                   std::optional<py::array_t<std::int64_t>> run_start,
+                   std::optional<py::array_t<std::int64_t>> run_length, std::optional<py::array_t<float>> row_sketch,
+                   std::optional<py::array_t<double>> query_sketch, double sketch_slack, py::array_t<double> m,
+                   py::array_t<double> z, py::array_t<double> v, py::array_t<double> q, py::array_t<double> z2,
+                   py::array_t<std::int64_t> top1, py::array_t<std::int64_t> n_terms,
+                   py::array_t<std::uint8_t> complete, double log_cut, std::int64_t max_terms,
+                   std::int64_t max_visits, int n_threads, int simd_level) {
+  NNSCORE_CHECK(y.ndim() == 2 && x.ndim() == 2, "y and x must be 2-d");
+  KeyScanProblem<T> P;
+  P.M = y.shape(0);
+  P.N = x.shape(0);
+  P.d = x.shape(1);
+  const index_t M = P.M, N = P.N, d = P.d;
+  P.ldy = checked_row_stride(y, "y", M, d);
+  P.ldx = checked_row_stride(x, "x", N, d);
+  P.y = y.data();
+  P.x = x.data();
+  P.log_w = log_w ? checked_vec<T>(*log_w, "log_w", N) : nullptr;
+  P.sigma = checked_vec<T>(sigma, "sigma", M);
+  P.row_lo = checked_index(row_lo, "row_lo", M);
+  P.row_hi = checked_index(row_hi, "row_hi", M);
+  for (index_t i = 0; i < M; ++i)
+    NNSCORE_CHECK(P.row_lo[i] >= 0 && P.row_lo[i] <= P.row_hi[i] && P.row_hi[i] <= N,
+                  "row_lo, row_hi: query " << i << " has rows [" << P.row_lo[i] << ", " << P.row_hi[i]
+                                           << ") outside [0, " << N << "]");
+  // The key order within each range is trusted (CellSortedData.keyed sorts it): an O(range)
+  // check per query would cost as much as the scan.
+  P.row_keys = checked_vec<T>(row_keys, "row_keys", N);
+  P.query_keys = checked_vec<T>(query_keys, "query_keys", M);
+  P.top = checked_vec<T>(top, "top", M);
+  NNSCORE_CHECK(key_slack >= 0.0 && std::isfinite(key_slack), "key_slack: must be finite and >= 0");
+  P.slack = key_slack;
+  NNSCORE_CHECK(run_start.has_value() == run_length.has_value(), "run_start, run_length: give both or neither");
+  if (run_start) {
+    NNSCORE_CHECK(run_start->ndim() == 1, "run_start: expected a 1-d array");
+    P.n_runs = run_start->shape(0);
+    P.run_start = checked_index(*run_start, "run_start", P.n_runs);
+    P.run_length = checked_index(*run_length, "run_length", P.n_runs);
+    for (index_t r = 0; r < P.n_runs; ++r) {
+      const std::int64_t a = P.run_start[r], b = a + P.run_length[r];
+      NNSCORE_CHECK(a >= 0 && b > a && b <= N && (r == 0 || a >= P.run_start[r - 1] + P.run_length[r - 1]),
+                    "run_start, run_length: runs must be non-empty, ascending, disjoint and within x");
+    }
+  }
+  NNSCORE_CHECK(row_sketch.has_value() == query_sketch.has_value(), "row_sketch, query_sketch: give both or neither");
+  if (row_sketch) {
+    auto shaped = [](const auto& a, index_t n) {
+      return a.ndim() == 2 && a.shape(0) == n && a.shape(1) == kSketchAxes && (a.flags() & py::array::c_style);
+    };
+    NNSCORE_CHECK(shaped(*row_sketch, N), "row_sketch: expected a C-contiguous (" << N << ", " << kSketchAxes << ") array");
+    NNSCORE_CHECK(shaped(*query_sketch, M),
+                  "query_sketch: expected a C-contiguous (" << M << ", " << kSketchAxes << ") array");
+    NNSCORE_CHECK(sketch_slack >= 0.0 && std::isfinite(sketch_slack), "sketch_slack: must be finite and >= 0");
+    P.row_sketch = row_sketch->data();
+    P.query_sketch = query_sketch->data();
+    P.sketch_slack = sketch_slack;
+  }
+  NNSCORE_CHECK(std::isfinite(log_cut) && log_cut > 0.0, "log_cut: must be finite and > 0");
+  NNSCORE_CHECK(max_terms >= 1 && max_visits >= max_terms, "max_terms, max_visits: need 1 <= max_terms <= max_visits");
+  P.log_cut = log_cut;
+  P.max_terms = max_terms;
+  P.max_visits = max_visits;
+  DenseOutput out{checked_out(m, "m", M),   checked_out(z, "z", M),       checked_out(v, "v", M, d),
+                  checked_out(q, "q", M),   checked_out(z2, "z2", M),     checked_out(top1, "top1", M),
+                  checked_out(n_terms, "n_terms", M)};
+  std::uint8_t* done = checked_out(complete, "complete", M);
+  NNSCORE_CHECK(simd_level >= 0 && simd_level <= 2, "simd_level: expected 0, 1 or 2");
+  py::gil_scoped_release release;
+  partials_key_scan<T>(P, out, done, n_threads, static_cast<SimdLevel>(simd_level));
+}
+
+template <class T>
+void def_key_scan(py::module_& m, const char* name) {
+  m.def(name, &bind_key_scan<T>,
+        "partials_key_scan_{f32,f64}(y, x, log_w, sigma, row_lo, row_hi, row_keys, query_keys, top, key_slack,\n"
+        "    run_start, run_length, row_sketch, query_sketch, sketch_slack, m, z, v, q, z2, top1, n_terms,\n"
+        "    complete, log_cut, max_terms, max_visits, n_threads, simd_level)\n\n"
+        "Outward key scan of query i over rows [row_lo[i], row_hi[i]) (ascending by row_keys), in float64\n"
+        "difference form, until every row left is provably below max - log_cut (complete[i] = 1) or\n"
+        "max_terms terms are taken or max_visits rows visited (complete[i] = 0: the partial covers the\n"
+        "rows taken); runs of identical rows are one term; rows whose sketch bound puts them below the\n"
+        "floor are not read. top[i] >= max log_w of the range. See nnscore/segments.hpp.",
+        py::arg("y").noconvert(), py::arg("x").noconvert(), py::arg("log_w").noconvert(), py::arg("sigma").noconvert(),
+        py::arg("row_lo").noconvert(), py::arg("row_hi").noconvert(), py::arg("row_keys").noconvert(),
+        py::arg("query_keys").noconvert(), py::arg("top").noconvert(), py::arg("key_slack"),
+        py::arg("run_start").noconvert(), py::arg("run_length").noconvert(), py::arg("row_sketch").noconvert(),
+        py::arg("query_sketch").noconvert(), py::arg("sketch_slack"), py::arg("m").noconvert(),
+        py::arg("z").noconvert(), py::arg("v").noconvert(), py::arg("q").noconvert(), py::arg("z2").noconvert(),
+        py::arg("top1").noconvert(), py::arg("n_terms").noconvert(), py::arg("complete").noconvert(),
+        py::arg("log_cut"), py::arg("max_terms"), py::arg("max_visits"), py::arg("n_threads"), py::arg("simd_level"));
+}
+
+template <class T>
 void bind_cells(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_sqnorm,
                 std::optional<py::array_t<double>> log_w, py::array_t<double> sigma, py::array_t<std::uint8_t> probed,
                 py::array_t<std::int64_t> cell_offsets, py::array_t<T> cell_centers, py::array_t<double> cell_radii,
@@ -397,6 +493,8 @@ void register_kernels(py::module_& m) {
   def_dense<double>(m, "partials_dense_f64");
   def_segments<float>(m, "partials_segments_f32");
   def_segments<double>(m, "partials_segments_f64");
+  def_key_scan<float>(m, "partials_key_scan_f32");
+  def_key_scan<double>(m, "partials_key_scan_f64");
   def_cells<float>(m, "partials_cells_f32");
   def_cells<double>(m, "partials_cells_f64");
   def_third_moments<float>(m, "third_moments_dense_f32");

@@ -1,10 +1,11 @@
-// Gathered exact reduction: each query against its own subset of training rows, given as a
+// Gathered exact reductions: each query against its own subset of training rows, given as a
 // list of contiguous row segments (a kNN list is segments of length 1; an IVF cell is one
-// segment of a cell-sorted copy).  Every logit is computed in float64 difference form, so the
-// partials are exact up to float64 rounding; the accumulator is the dense engine's
-// (online_softmax.hpp), and the outputs have the same layout (DenseOutput, n_exact unused).
+// segment of a cell-sorted copy) or found by a key scan (below).  Every logit is computed in
+// float64 difference form, so the partials are exact up to float64 rounding; the outputs have
+// the dense engine's layout (DenseOutput).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "nnscore/common.hpp"
 #include "nnscore/dense.hpp"
@@ -27,18 +28,79 @@ struct SegmentsProblem {
   double log_cut = 0.0;  ///< terms below (max logit - log_cut) are skipped (weight < e^-log_cut)
 };
 
+/// Outward key scan over one key-sorted range per query (an IVF cell of CellSortedData): query i
+/// takes the rows of [row_lo[i], row_hi[i]) in increasing |row_keys[j] - query_keys[i]|, each in
+/// float64 difference form, and stops once every row left has a key gap above
+/// h = sqrt(2 sigma_i^2 (top[i] - (m - log_cut))) (1 + 1e-12) + slack, m the running max logit:
+/// since |key(y) - key(x)| <= ||y - x|| (unit key axis; slack >= the keys' rounding), those rows
+/// have logits below m - log_cut, terms the kernels may skip.  The partial is then the range's,
+/// with the dense engine's guarantee, and complete[i] = 1.  After max_terms terms the scan stops
+/// (complete[i] = 0): its partial covers the rows taken, so its max is a lower bound on the
+/// range's.  A run of identical rows (run_start / run_length: ascending, disjoint, equal log_w)
+/// is taken as one term of multiplicity k.  top[i] >= max log_w over the range (-inf: no mass).
+/// Sketches (optional): row_sketch[j, a] ~ <x_j - o, s_a> for kSketchAxes unit vectors s_a,
+/// orthonormal with the key axis, and query_sketch[i, a] ~ <y_i - o, s_a>, each within
+/// sketch_slack of exact.  Then (key gap - slack)^2 + sum_a (|sketch difference| - sketch_slack)^2
+/// <= ||y - x||^2, and a row whose bound puts its logit below the floor is not read.  The scan
+/// also stops (incomplete) after max_visits rows.
+constexpr int kSketchAxes = 8;
+
+template <class T>
+struct KeyScanProblem {
+  const T* y = nullptr;  ///< (M, ldy) queries, VE-normalised
+  index_t ldy = 0;
+  const T* x = nullptr;  ///< (N, ldx) rows, ascending by key within each range
+  index_t ldx = 0;
+  const double* log_w = nullptr;  ///< (N,) or null (all 0)
+  const double* sigma = nullptr;  ///< (M,) > 0
+  const std::int64_t* row_lo = nullptr;  ///< (M,)
+  const std::int64_t* row_hi = nullptr;  ///< (M,)
+  const double* row_keys = nullptr;      ///< (N,)
+  const double* query_keys = nullptr;    ///< (M,)
+  const double* top = nullptr;           ///< (M,)
+  double slack = 0.0;
+  const std::int64_t* run_start = nullptr;
+  const std::int64_t* run_length = nullptr;
+  index_t n_runs = 0;
+  const float* row_sketch = nullptr;     ///< (N, kSketchAxes) or null
+  const double* query_sketch = nullptr;  ///< (M, kSketchAxes) with row_sketch
+  double sketch_slack = 0.0;
+  index_t M = 0, N = 0, d = 0;
+  double log_cut = 0.0;
+  index_t max_terms = 0;   ///< >= 1
+  index_t max_visits = 0;  ///< >= max_terms
+};
+
+/// Per-worker scratch of the gathered kernels: the terms of one query.
+struct GatherScratch {
+  std::vector<index_t> rows, mult;
+  std::vector<double> d2;
+  explicit GatherScratch(index_t n) : rows(n), mult(n), d2(n) {}
+};
+
 /// Partials of every query over its segments (top1 indexes x), on `n_threads` threads.
 template <class T>
 void partials_segments(const SegmentsProblem<T>& problem, const DenseOutput& out, int n_threads, SimdLevel level);
 
-/// One query [qi], using `scratch` (grown as needed) for its squared distances.
+/// Key scans of every query (top1 indexes x; out.n_exact, if given, receives the terms taken).
 template <class T>
-using SegmentsQueryFn = void (*)(const SegmentsProblem<T>&, index_t qi, const DenseOutput& out, double* scratch);
+void partials_key_scan(const KeyScanProblem<T>& problem, const DenseOutput& out, std::uint8_t* complete, int n_threads,
+                       SimdLevel level);
 
-#define NNSCORE_DECLARE_SEGMENTS(ns)                                                                      \
-  namespace ns {                                                                                          \
-  void segments_query_f32(const SegmentsProblem<float>&, index_t, const DenseOutput&, double*);        \
-  void segments_query_f64(const SegmentsProblem<double>&, index_t, const DenseOutput&, double*);       \
+template <class T>
+using SegmentsQueryFn = void (*)(const SegmentsProblem<T>&, index_t qi, const DenseOutput& out, GatherScratch&);
+template <class T>
+using KeyScanQueryFn = void (*)(const KeyScanProblem<T>&, index_t qi, const DenseOutput& out, std::uint8_t* complete,
+                                GatherScratch&);
+
+#define NNSCORE_DECLARE_SEGMENTS(ns)                                                                        \
+  namespace ns {                                                                                            \
+  void segments_query_f32(const SegmentsProblem<float>&, index_t, const DenseOutput&, GatherScratch&);   \
+  void segments_query_f64(const SegmentsProblem<double>&, index_t, const DenseOutput&, GatherScratch&);  \
+  void key_scan_query_f32(const KeyScanProblem<float>&, index_t, const DenseOutput&, std::uint8_t*,      \
+                          GatherScratch&);                                                                  \
+  void key_scan_query_f64(const KeyScanProblem<double>&, index_t, const DenseOutput&, std::uint8_t*,     \
+                          GatherScratch&);                                                                  \
   }
 NNSCORE_DECLARE_SEGMENTS(generic)
 NNSCORE_DECLARE_SEGMENTS(avx2)

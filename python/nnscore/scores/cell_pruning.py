@@ -17,9 +17,12 @@ Inside a scanned cell the rows are sorted by a key, their projection on the data
 axis (:meth:`CellSortedData.keyed <nnscore.backends.CellSortedData.keyed>`): a row whose key is
 further than sqrt(2 sigma^2 (max log pi_c - floor)) from the query's has a logit below floor, so
 with floor = (a logit the query is known to reach) - log_cut its rows are skippable terms too and
-are never read.  The first scan's floor comes from :func:`seed_max` (the exact max over the rows
-of the own cell nearest the query in key), the second scan's from the first scan's max.  Runs of
-identical rows are one term each in the cell kernel (``CellSortedData.runs``).
+are never read.  The own cell is first scanned outwards from the query's key
+(:func:`scan_own_cells`, cpp): rows in increasing key gap, until the running max proves every row
+left skippable; such a scan reads only the rows of the window the exact max gives.  Where it
+runs out of its term budget, its max sets the floor of a windowed scan of the cell; the other
+cells' floor comes from the own cell's max.  Runs of identical rows are one term each
+(``CellSortedData.runs``).
 
 Skipping pays at small noise, where the near cells hold all the weight.  A query whose cells
 to scan hold more than :data:`PRUNE_MAX_FRACTION` of the rows goes to the dense kernel instead:
@@ -29,14 +32,16 @@ cell).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .. import backends as _backends
 from .._validation import check_int
 from ..index.faiss_index import TrainingIndex
-from ..partials import Partial, assemble, merge, take
+from ..partials import Partial, assemble, empty_partial, merge, take
 
-__all__ = ["CellPruning", "PRUNE_MAX_FRACTION", "AUTO_MIN_ROWS", "seed_max"]
+__all__ = ["CellPruning", "PRUNE_MAX_FRACTION", "AUTO_MIN_ROWS", "scan_own_cells", "own_cell_partials"]
 
 #: A query whose cells to scan hold more than this fraction of the rows takes the dense kernel.
 #: Measured at small sigma (README grid data, M = 1024, N = 10^5, 316 cells): per row scanned the
@@ -45,20 +50,17 @@ __all__ = ["CellPruning", "PRUNE_MAX_FRACTION", "AUTO_MIN_ROWS", "seed_max"]
 PRUNE_MAX_FRACTION = 0.2
 #: ``cells="auto"`` partitions training sets of at least this many rows (below, dense only).
 AUTO_MIN_ROWS = 16384
-#: Rows of the query's own cell, nearest its key, whose exact max logit sets the first scan's
-#: key windows (a better seed max gives thinner windows): SEED_ROWS first (at d <= 64; as many
-#: flops above, at least 8 rows), SEED_GROWTH times more while a better row may lie outside the
-#: run and the window is large, at most SEED_MAX_ROWS (:func:`seed_max`).
-SEED_ROWS = 32
-SEED_GROWTH = 8
-SEED_MAX_ROWS = 2048
-SEED_SPARE = 4.0
-#: Seeded (windowed) first scans only where the narrowest possible window spans less than this
-#: fraction of the cell's key range.
-SEED_USEFUL = 0.5
-#: ... and only in own cells of at least this many rows (and where
-#: ``CellSortedData.windows_pay``).
-SEED_MIN_CELL = 256
+#: The own cell's key scan (:func:`scan_own_cells`) takes at most this many terms at d <= 64 (as
+#: many flops above, at least 8); past it, its max only sets the floor of a windowed scan.  The
+#: exact-max windows of the 10^6 image patches at sigma = 1e-4 hold ~170 rows per query, but
+#: cells of near-equal keys (dark patches) need a few thousand.
+KEY_SCAN_MAX_TERMS = 2048
+#: With row sketches (``CellSortedData.row_sketch``) a scan may visit this many rows per term of
+#: its budget: a visit reads 32 bytes, not the row.
+KEY_SCAN_VISITS_PER_TERM = 16
+#: Key scans only where the narrowest possible window spans less than this fraction of the
+#: cell's key range (at larger sigma the tile kernel reads the cell faster than float64 rows).
+KEY_SCAN_USEFUL = 0.5
 
 
 class CellPruning:
@@ -145,9 +147,10 @@ class CellPruning:
         if maybe.size:
             own = np.zeros(upper.shape, dtype=np.uint8)
             own[np.arange(maybe.size), nearest] = 1
-            seed = seed_max(backend, self.cells, ym, sm, nearest, data.log_w_shift, log_cut, threads)
-            first, first_exact = self._scan(backend, ym, sm, own, data, threads, ftol,
-                                            self.cells.window_floor(seed, log_cut))  # fmt: skip
+            first, first_exact = own_cell_partials(
+                backend, self.cells, ym, sm, nearest, data.log_w_shift, data.log_mass, log_cut, threads,
+                lambda rows, marked, known: self._scan(backend, ym[rows], sm[rows], marked, data, threads, ftol,
+                                                       self.cells.window_floor(known, log_cut)))  # fmt: skip
             floor = first.m - data.log_w_shift - log_cut  # every term below it may be skipped
             scan = (upper >= floor[:, None]) & (own == 0)
             rows_m = self.sizes[nearest] + scan.astype(np.int64) @ self.sizes
@@ -189,61 +192,54 @@ class CellPruning:
         return p, diag.get("n_exact", np.zeros(y.shape[0], dtype=np.int64))
 
 
-def seed_max(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma: np.ndarray, cell: np.ndarray,
-              log_w_shift: float, log_cut: float, threads) -> np.ndarray:  # fmt: skip
-    """(B,) a lower bound on each query's max logit (the Partial frame), for the key windows of a
-    first scan (``floor = seed - log_cut``): the exact max over the rows of cell ``cell[i]``
-    whose keys are nearest query i's (-inf if the cell is empty, or where windows cannot be thin
-    or spare much: :data:`SEED_USEFUL`, :data:`SEED_MIN_CELL`, ``cells.windows_pay``).
-
-    Rows outside such a run have keys at least g away from the query's, hence logits at most
-    log_w_max - g^2 / (2 sigma^2).  While the run's max is below that, a longer run may hold a
-    better row (in a cell of many near-equal keys the nearest row can lie far down the order),
-    and the run grows SEED_GROWTH-fold (SEED_ROWS first, at most SEED_MAX_ROWS rows) if the
-    window its max gives holds more than SEED_SPARE times the longer run's rows (the run's
-    float64 rows must be a small part of the scan they may spare)."""
-    n_q = y.shape[0]
-    best = np.full(n_q, -np.inf)
-    if not cells.windows_pay:  # no windows will be used: no seed either
-        return best
-    ky, _ = cells.query_keys(y)
+def scan_own_cells(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma: np.ndarray,
+                   cell: np.ndarray, log_w_shift: float, log_mass: float, log_cut: float,
+                   threads) -> tuple[Partial, np.ndarray, np.ndarray]:  # fmt: skip
+    """Key scans (:func:`~nnscore.backends.partials_key_scan`) of cell ``cell[i]`` for query i
+    where they can spare most of the cell: cpp, keyed cells whose windows pay, and a narrowest
+    possible window (sqrt(2 sigma^2 log_cut) each side) under :data:`KEY_SCAN_USEFUL` of the
+    cell's key span.  Returns (partial, complete (B,) bool, float64 terms taken (B,)): where
+    complete the partial is the cell's; elsewhere its ``m`` is a lower bound on the cell's max
+    logit (-inf where no scan ran)."""
+    n_q, dim = y.shape[0], cells.points.shape[1]
+    p = dataclasses.replace(empty_partial(n_q, dim), log_mass=log_mass)
+    complete, terms = np.zeros(n_q, dtype=bool), np.zeros(n_q, dtype=np.int64)
+    if backend != "cpp" or not cells.windows_pay:
+        return p, complete, terms
     keys, offsets = cells.row_keys, cells.offsets
-    # No window can be narrower than sqrt(2 sigma^2 log_cut) (the floor is at most the max logit
-    # minus log_cut, and the max at most log_w_max): where that spans most of the cell's keys
-    # (medium and large sigma) the windows would hold most rows, and the query keeps -inf.
     c0, c1 = offsets[cell], offsets[cell + 1]
     span = np.where(c1 > c0, keys[np.minimum(c1, keys.size) - 1] - keys[np.minimum(c0, keys.size - 1)], 0.0)
-    # A small own cell is cheap to scan whole: its windows would spare less than the seed costs.
-    todo = np.flatnonzero((2.0 * np.sqrt(2.0 * log_cut) * sigma < SEED_USEFUL * span) & (c1 - c0 >= SEED_MIN_CELL))
-    rank = np.zeros(n_q, dtype=np.int64)
-    rank[todo] = cells.key_rank(ky[todo], cell[todo])
-    # SEED_ROWS float64 rows at d <= 64, fewer above (the same flops): where d is large a short
-    # run still finds a fair max, and the seed stays a small part of the scan
-    k = max(SEED_ROWS * 64 // max(64, cells.points.shape[1]), 8)
-    while todo.size:
-        c = cell[todo]
-        start, length = cells.key_neighbours(rank[todo], c, k)
-        seg = _backends.Segments(np.arange(todo.size + 1, dtype=np.int64), start, length)
-        p = _backends.partials_segments(backend, y[todo], sigma[todo], cells.points, cells.log_w, seg,
-                                        threads(4.0 * k * todo.size * cells.points.shape[1]),
-                                        log_w_shift=log_w_shift)  # fmt: skip
-        best[todo] = np.maximum(best[todo], p.m)
-        end = start + length
-        # key gap to the rows outside the run (none on a side the run reaches the cell's end of)
-        below = np.where(start > offsets[c], ky[todo] - keys[np.maximum(start, 1) - 1], np.inf)
-        above = np.where(end < offsets[c + 1], keys[np.minimum(end, keys.size - 1)] - ky[todo], np.inf)
-        gap = np.maximum(np.minimum(below, above), 0.0)
-        s2 = 2.0 * sigma[todo] ** 2
-        top = cells.log_w_max[c] + log_w_shift
-        with np.errstate(invalid="ignore", over="ignore"):
-            better = best[todo] < top - gap * gap / s2  # a row outside the run may beat the run
-            h = np.sqrt(np.maximum(s2 * (top - best[todo] + log_cut), 0.0))
-        k *= SEED_GROWTH
-        # the rows of the window this seed gives: the longer run must be a small part of them
-        grow = better & (k <= SEED_MAX_ROWS)
-        if grow.any():
-            g = todo[grow]
-            grow[grow] = cells.rows_within(ky[g], cell[g], h[grow]) > SEED_SPARE * k
-        todo = todo[grow]
-    # the float64 rounding of the seed rows' logits: keep the floor below the final max
-    return best - 1e-9 * (1.0 + np.abs(best))
+    todo = np.flatnonzero(2.0 * np.sqrt(2.0 * log_cut) * sigma < KEY_SCAN_USEFUL * span)
+    if todo.size:
+        max_terms = max(KEY_SCAN_MAX_TERMS * 64 // max(64, dim), 8)
+        max_visits = max_terms * (KEY_SCAN_VISITS_PER_TERM if cells.row_sketch is not None else 1)
+        work = 4.0 * float(np.sum(np.minimum(c1 - c0, max_terms)[todo])) * dim
+        scan, done, n = _backends.partials_key_scan(np.ascontiguousarray(y[todo]), sigma[todo], cells, cell[todo],
+                                                    threads(work), max_terms=max_terms, max_visits=max_visits,
+                                                    log_w_shift=log_w_shift, log_mass=log_mass,
+                                                    log_cut=log_cut)  # fmt: skip
+        p = assemble([(todo, scan)], n_q, dim, log_mass)
+        complete[todo], terms[todo] = done, n
+    return p, complete, terms
+
+
+def own_cell_partials(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma: np.ndarray,
+                      cell: np.ndarray, log_w_shift: float, log_mass: float, log_cut: float, threads,
+                      scan_marked) -> tuple[Partial, np.ndarray]:  # fmt: skip
+    """(partial of query i over cell ``cell[i]``, float64 terms per query): the key scan of
+    :func:`scan_own_cells` where it completes; elsewhere ``scan_marked(rows, marked, known)`` ->
+    (partial, float64 terms), the caller's cell kernel over the cells marked in ``marked``
+    ((R, n_cells) uint8) for the queries ``rows``, whose partials reach at least ``known`` (R,)
+    (the scans' maxima: key windows may start from them)."""
+    n_q, dim = y.shape[0], cells.points.shape[1]
+    scan, done, terms = scan_own_cells(backend, cells, y, sigma, cell, log_w_shift, log_mass, log_cut, threads)
+    rest = np.flatnonzero(~done)
+    blocks = [(np.flatnonzero(done), take(scan, done))]
+    n_exact = terms.copy()
+    if rest.size:
+        marked = np.zeros((rest.size, cells.offsets.size - 1), dtype=np.uint8)
+        marked[np.arange(rest.size), cell[rest]] = 1
+        p, rest_exact = scan_marked(rest, marked, scan.m[rest])
+        blocks.append((rest, p))
+        n_exact[rest] += rest_exact
+    return assemble(blocks, n_q, dim, log_mass), n_exact

@@ -48,7 +48,7 @@ from ..exceptions import PrecisionWarning
 from ..index.faiss_index import TrainingIndex
 from ..partials import Partial, assemble, merge, take
 from .base import ScoreModel, schedule_coefficients
-from .cell_pruning import CellPruning, seed_max
+from .cell_pruning import CellPruning, own_cell_partials
 from .empirical import EmpiricalScore
 from .result import ScoreResult, result_from_partial
 
@@ -619,8 +619,7 @@ class KNNScore(ScoreModel):
                     if prev is not None and "cells" in prev:
                         probed[i, prev["cells"]] = 1
         log_cut = self._cells_log_cut(rho[rows])
-        seed = self._seed_max(yb, sb, probed, low2, log_cut)
-        p = self._cells_partial(yb, sb, probed, log_cut, seed)
+        p = self._marked_partial(yb, sb, probed, nearest, log_cut)
         too_many = np.zeros(rows.size, dtype=bool)
         if self.tol is not None:
             p, too_many = self._ivf_select(p, yb, sb, rho[rows], low2, probed, log_cut)
@@ -686,14 +685,22 @@ class KNNScore(ScoreModel):
                                         self._threads(work), log_w_shift=data.log_w_shift,
                                         log_mass=data.log_mass, log_cut=log_cut, floor=floor)  # fmt: skip
 
-    def _seed_max(self, yb, sb, cells: np.ndarray, low, log_cut: float) -> np.ndarray:
-        """(B,) a lower bound on each query's max logit over its marked cells ((B, nlist)): the
-        seed_max of the marked cell with the smallest distance bound ``low`` (its own cell).  The
-        cell is scanned, so the partial's max is at least this."""
-        marked = cells.astype(bool)
-        cell = np.argmin(np.where(marked, low, np.inf), axis=1)
-        seed = seed_max(self.backend, self._cells, yb, sb, cell, self.data.log_w_shift, log_cut, self._threads)
-        return np.where(marked.any(axis=1), seed, -np.inf)
+    def _marked_partial(self, yb, sb, cells: np.ndarray, own: np.ndarray, log_cut: float) -> Partial:
+        """Exact partial of each query over its marked cells ((B, nlist) uint8, ``own`` (B,) among
+        them), terms below (max - log_cut) skipped: cell ``own[i]`` (where the query's near
+        neighbours are) first, by key scan or with key windows from the scan's max
+        (:func:`own_cell_partials`), then the others with windows from the own cell's max.
+        top1 indexes the cell-sorted copy."""
+        p, _ = own_cell_partials(self.backend, self._cells, yb, sb, own, self.data.log_w_shift, self.data.log_mass,
+                                 log_cut, self._threads,
+                                 lambda rows, m1, known: (self._cells_partial(yb[rows], sb[rows], m1, log_cut, known),
+                                                          0))  # fmt: skip
+        others = cells.copy()
+        others[np.arange(others.shape[0]), own] = 0
+        if others.any():
+            p = dataclasses.replace(merge(p, self._cells_partial(yb, sb, others, log_cut, p.m)),
+                                    log_mass=self.data.log_mass)  # fmt: skip
+        return p
 
     def _marked_rows(self, cells: np.ndarray) -> np.ndarray:
         """(B,) rows of the cells marked in ``cells`` ((B, nlist) uint8) per query."""
@@ -729,8 +736,8 @@ class KNNScore(ScoreModel):
             for i, e in enumerate(entries):
                 cells[i, e["cells"]] = 1
             log_cut = self._cells_log_cut(rho[hits])
-            seed = self._seed_max(y[hits], st[hits], cells, low, log_cut)
-            p = self._cells_partial(y[hits], st[hits], cells, log_cut, seed)
+            own = np.argmin(np.where(cells.astype(bool), low, np.inf), axis=1)  # the nearest cell scanned then
+            p = self._marked_partial(y[hits], st[hits], cells, own, log_cut)
             p = dataclasses.replace(p, top1=self._original_rows(p.top1))
             low = np.maximum(low - moved[:, None], 0.0)
             log_t, log_g = _tail_sums(low * low, self._log_cell_mass, st[hits], cells, self._threads(low.size))
