@@ -415,7 +415,7 @@ def test_key_scan_matches_the_cell(level, dtype, d, weighted, seed):
     terms_at = {}
     for s in (1e-5, 1e-3, 0.1, 3.0, 1e3):
         sigma = np.full(n_q, s) if s != 0.1 else rng.uniform(0.05, 0.2, n_q)
-        p, done, terms = nb.partials_key_scan(y, sigma, cells, cell, 2, max_terms=10**6, max_visits=10**6, level=level)
+        p, done, terms = nb.partials_key_scan(y, sigma, cells, nb.cell_lists(cell), 2, max_terms=10**6, max_visits=10**6, level=level)
         what = f"level {level} sigma={s:g}"
         assert done.all(), what
         check(p, y, cells.points, sigma, cells.log_w, seg, what)
@@ -448,7 +448,7 @@ def test_key_scan_budgets(level, d, seed):
         sigma = np.full(n_q, s)
         m_true = dense_oracle(y, cells.points, sigma, cells.log_w, seg)[0]
         for max_terms, max_visits in ((1, 1), (3, 10**6), (4, 5), (2, 40)):
-            p, done, terms = nb.partials_key_scan(y, sigma, cells, cell, 2, max_terms=max_terms,
+            p, done, terms = nb.partials_key_scan(y, sigma, cells, nb.cell_lists(cell), 2, max_terms=max_terms,
                                                   max_visits=max_visits, level=level)  # fmt: skip
             what = f"level {level} sigma={s} budget={max_terms},{max_visits}"
             assert np.all(terms <= max_terms), what
@@ -471,7 +471,7 @@ def test_sketch_bounds(seed):
         basis = np.vstack([cells.key_axis, cells.sketch_axes])
         np.testing.assert_allclose(basis @ basis.T, np.eye(nb.SKETCH_AXES + 1), atol=1e-13)
         y = (scan_queries(rng, cells, 30, 1.0).astype(np.float64) * scale).astype(dtype)
-        ys, slack = cells.query_sketch(y)
+        _, _, ys, slack = cells.query_frame(y)
         axes = cells.sketch_axes.astype(np.longdouble)
         origin = cells.key_origin.astype(np.longdouble)
         exact_rows = (cells.points.astype(np.longdouble) - origin) @ axes.T
@@ -481,13 +481,14 @@ def test_sketch_bounds(seed):
 
 
 @pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
-@pytest.mark.parametrize("case", ["range", "reversed", "budget", "no_terms", "sketch_shape", "one_sketch",
-                                  "sketch_slack", "log_cut"])
+@pytest.mark.parametrize("case", ["range", "reversed", "offsets", "budget", "no_terms", "sketch_shape", "one_sketch",
+                                  "sketch_slack", "log_cut", "floor"])
 def test_binding_rejects_bad_key_scans(case):
     n, d, n_q = 30, 16, 3
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(n, d)), rng.normal(size=(n_q, d))
-    lo, hi = np.zeros(n_q, np.int64), np.full(n_q, n, np.int64)
+    offsets, lo, hi = np.arange(n_q + 1, dtype=np.int64), np.zeros(n_q, np.int64), np.full(n_q, n, np.int64)
+    floor = None
     m, z, q, z2 = (np.empty(n_q) for _ in range(4))
     v = np.empty((n_q, d))
     top1, terms, done = np.empty(n_q, np.int64), np.empty(n_q, np.int64), np.empty(n_q, np.uint8)
@@ -510,10 +511,45 @@ def test_binding_rejects_bad_key_scans(case):
         sketch[2] = np.nan
     elif case == "log_cut":
         log_cut = 0.0
-    match = {"range": "row_lo, row_hi", "reversed": "row_lo, row_hi", "budget": "max_terms, max_visits",
+    elif case == "offsets":
+        offsets[-1] = n_q + 1
+    elif case == "floor":
+        floor = np.full(n_q, np.nan)
+    match = {"range": "range_lo, range_hi", "reversed": "range_lo, range_hi", "budget": "max_terms, max_visits",
+             "offsets": "range_offsets", "floor": "floor",
              "no_terms": "max_terms", "sketch_shape": "row_sketch", "one_sketch": "give both",
              "sketch_slack": "sketch_slack", "log_cut": "log_cut"}[case]  # fmt: skip
     with pytest.raises(ValueError, match=match):
-        nb._core.partials_key_scan_f64(y, x, None, np.ones(n_q), lo, hi, np.sort(rng.normal(size=n)), np.zeros(n_q),
-                                       np.zeros(n_q), 0.0, None, None, *sketch, m, z, v, q, z2, top1, terms, done,
-                                       log_cut, *budget, 1, 0)  # fmt: skip
+        nb._core.partials_key_scan_f64(y, x, None, np.ones(n_q), offsets, lo, hi, np.zeros(n_q),
+                                       np.sort(rng.normal(size=n)), np.zeros(n_q), floor, 0.0, None, None, *sketch, m,
+                                       z, v, q, z2, top1, terms, done, log_cut, *budget, 1, 0)  # fmt: skip
+
+
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+@pytest.mark.parametrize("level", CPP_LEVELS)
+@pytest.mark.parametrize("d", [8, 24])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unif", "weighted"])
+def test_key_scan_over_several_cells_from_a_floor(level, d, weighted, seed):
+    """Several cells per query (a mask), the max carried from cell to cell, and a caller's floor
+    (the max over all the cells - log_cut, as a merged partial gives): the partial of the marked
+    cells.  A floor above every logit reads nothing (an empty partial, complete)."""
+    rng = np.random.default_rng([seed, d, int(weighted), 101])
+    cells = scan_data(rng, d, np.float64, weighted)
+    n_q = 30
+    y = scan_queries(rng, cells, n_q, 1e-3)
+    marked = (rng.uniform(size=(n_q, 4)) < 0.6).astype(np.uint8)
+    marked[:, 1] = 1  # the empty cell too
+    marked[3] = 0  # no cell at all: the empty partial
+    seg = segments_of(cells, marked)
+    log_cut = nb.skip_log_cut(cells.points.shape[0], np.float64)
+    for s in (1e-4, 0.05, 2.0):
+        sigma = np.full(n_q, s)
+        m_true = dense_oracle(y, cells.points, sigma, cells.log_w, seg)[0]
+        for floor in (None, m_true - log_cut):
+            p, done, terms = nb.partials_key_scan(y, sigma, cells, nb.cell_lists(marked), 2, max_terms=10**6,
+                                                  max_visits=10**6, floor=floor, level=level)  # fmt: skip
+            assert done.all() and terms[3] == 0
+            check(p, y, cells.points, sigma, cells.log_w, seg, f"level {level} sigma={s} floor={floor is not None}")
+        p, done, terms = nb.partials_key_scan(y, sigma, cells, nb.cell_lists(marked), 2, max_terms=10**6,
+                                              max_visits=10**6, floor=np.full(n_q, 1e300), level=level)  # fmt: skip
+        assert done.all() and np.all(np.isneginf(p.m)) and np.all(p.z == 0) and not terms.any()

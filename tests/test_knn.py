@@ -669,13 +669,13 @@ def test_ivf_first_probe_is_nearest_centroid_cell(monkeypatch):
     q = x[:256] + (1e-4 * rng.standard_normal((256, 64))).astype(np.float32)
     model = KNNScore(index, tol=1e-4)
     first = {}  # per block of queries (the pilot, then the rest): the cell scanned first
-    scan = knn_module.own_cell_partials
+    scan = knn_module.key_scan_partials
 
     def spy(backend, cells, y, sigma, cell, *args):
         first.setdefault(y.shape[0], cell.copy())
         return scan(backend, cells, y, sigma, cell, *args)
 
-    monkeypatch.setattr(knn_module, "own_cell_partials", spy)
+    monkeypatch.setattr(knn_module, "key_scan_partials", spy)
     res = model.evaluate(q, 1e-4)
     cells = np.concatenate(list(first.values()))  # blocks in query order
     d2 = index.centroid_sq_distances(q)

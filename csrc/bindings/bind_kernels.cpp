@@ -217,8 +217,9 @@ void def_segments(py::module_& m, const char* name) {
 
 template <class T>
 void bind_key_scan(py::array_t<T> y, py::array_t<T> x, std::optional<py::array_t<double>> log_w, py::array_t<double> sigma,
-                   py::array_t<std::int64_t> row_lo, py::array_t<std::int64_t> row_hi, py::array_t<double> row_keys,
-                   py::array_t<double> query_keys, py::array_t<double> top, double key_slack,
+                   py::array_t<std::int64_t> range_offsets, py::array_t<std::int64_t> range_lo,
+                   py::array_t<std::int64_t> range_hi, py::array_t<double> range_top, py::array_t<double> row_keys,
+                   py::array_t<double> query_keys, std::optional<py::array_t<double>> floor, double key_slack,
                    std::optional<py::array_t<std::int64_t>> run_start,
                    std::optional<py::array_t<std::int64_t>> run_length, std::optional<py::array_t<float>> row_sketch,
                    std::optional<py::array_t<double>> query_sketch, double sketch_slack, py::array_t<double> m,
@@ -238,17 +239,26 @@ void bind_key_scan(py::array_t<T> y, py::array_t<T> x, std::optional<py::array_t
   P.x = x.data();
   P.log_w = log_w ? checked_vec<T>(*log_w, "log_w", N) : nullptr;
   P.sigma = checked_vec<T>(sigma, "sigma", M);
-  P.row_lo = checked_index(row_lo, "row_lo", M);
-  P.row_hi = checked_index(row_hi, "row_hi", M);
+  P.range_offsets = checked_index(range_offsets, "range_offsets", M + 1);
+  const index_t R = range_lo.ndim() == 1 ? range_lo.shape(0) : -1;
+  P.range_lo = checked_index(range_lo, "range_lo", R);
+  P.range_hi = checked_index(range_hi, "range_hi", R);
+  P.range_top = checked_vec<T>(range_top, "range_top", R);
+  // The kernel trusts these: check them once here (O(M + R), GIL held).
+  NNSCORE_CHECK(P.range_offsets[0] == 0 && P.range_offsets[M] == R,
+                "range_offsets: must start at 0 and end at len(range_lo)");
   for (index_t i = 0; i < M; ++i)
-    NNSCORE_CHECK(P.row_lo[i] >= 0 && P.row_lo[i] <= P.row_hi[i] && P.row_hi[i] <= N,
-                  "row_lo, row_hi: query " << i << " has rows [" << P.row_lo[i] << ", " << P.row_hi[i]
-                                           << ") outside [0, " << N << "]");
+    NNSCORE_CHECK(P.range_offsets[i] <= P.range_offsets[i + 1], "range_offsets: must be non-decreasing");
+  for (index_t r = 0; r < R; ++r)
+    NNSCORE_CHECK(P.range_lo[r] >= 0 && P.range_lo[r] <= P.range_hi[r] && P.range_hi[r] <= N,
+                  "range_lo, range_hi: range " << r << " has rows [" << P.range_lo[r] << ", " << P.range_hi[r]
+                                               << ") outside [0, " << N << "]");
   // The key order within each range is trusted (CellSortedData.keyed sorts it): an O(range)
-  // check per query would cost as much as the scan.
+  // check per call would cost as much as the scan.
   P.row_keys = checked_vec<T>(row_keys, "row_keys", N);
   P.query_keys = checked_vec<T>(query_keys, "query_keys", M);
-  P.top = checked_vec<T>(top, "top", M);
+  P.floor = floor ? checked_vec<T>(*floor, "floor", M) : nullptr;
+  for (index_t i = 0; P.floor && i < M; ++i) NNSCORE_CHECK(!std::isnan(P.floor[i]), "floor: must not be NaN");
   NNSCORE_CHECK(key_slack >= 0.0 && std::isfinite(key_slack), "key_slack: must be finite and >= 0");
   P.slack = key_slack;
   NNSCORE_CHECK(run_start.has_value() == run_length.has_value(), "run_start, run_length: give both or neither");
@@ -293,17 +303,20 @@ void bind_key_scan(py::array_t<T> y, py::array_t<T> x, std::optional<py::array_t
 template <class T>
 void def_key_scan(py::module_& m, const char* name) {
   m.def(name, &bind_key_scan<T>,
-        "partials_key_scan_{f32,f64}(y, x, log_w, sigma, row_lo, row_hi, row_keys, query_keys, top, key_slack,\n"
-        "    run_start, run_length, row_sketch, query_sketch, sketch_slack, m, z, v, q, z2, top1, n_terms,\n"
-        "    complete, log_cut, max_terms, max_visits, n_threads, simd_level)\n\n"
-        "Outward key scan of query i over rows [row_lo[i], row_hi[i]) (ascending by row_keys), in float64\n"
-        "difference form, until every row left is provably below max - log_cut (complete[i] = 1) or\n"
-        "max_terms terms are taken or max_visits rows visited (complete[i] = 0: the partial covers the\n"
-        "rows taken); runs of identical rows are one term; rows whose sketch bound puts them below the\n"
-        "floor are not read. top[i] >= max log_w of the range. See nnscore/segments.hpp.",
+        "partials_key_scan_{f32,f64}(y, x, log_w, sigma, range_offsets, range_lo, range_hi, range_top,\n"
+        "    row_keys, query_keys, floor, key_slack, run_start, run_length, row_sketch, query_sketch,\n"
+        "    sketch_slack, m, z, v, q, z2, top1, n_terms, complete, log_cut, max_terms, max_visits, n_threads,\n"
+        "    simd_level)\n\n"
+        "Outward key scans of query i over its ranges [range_lo[r], range_hi[r]) (ascending by row_keys),\n"
+        "in float64 difference form, until every row left is provably below max(floor[i], max - log_cut)\n"
+        "(complete[i] = 1) or max_terms terms are taken or max_visits rows visited (complete[i] = 0: the\n"
+        "partial covers the rows taken); runs of identical rows are one term; rows whose sketch bound\n"
+        "puts them below the floor are not read. range_top[r] >= max log_w of the range. See\n"
+        "nnscore/segments.hpp.",
         py::arg("y").noconvert(), py::arg("x").noconvert(), py::arg("log_w").noconvert(), py::arg("sigma").noconvert(),
-        py::arg("row_lo").noconvert(), py::arg("row_hi").noconvert(), py::arg("row_keys").noconvert(),
-        py::arg("query_keys").noconvert(), py::arg("top").noconvert(), py::arg("key_slack"),
+        py::arg("range_offsets").noconvert(), py::arg("range_lo").noconvert(), py::arg("range_hi").noconvert(),
+        py::arg("range_top").noconvert(), py::arg("row_keys").noconvert(), py::arg("query_keys").noconvert(),
+        py::arg("floor").noconvert(), py::arg("key_slack"),
         py::arg("run_start").noconvert(), py::arg("run_length").noconvert(), py::arg("row_sketch").noconvert(),
         py::arg("query_sketch").noconvert(), py::arg("sketch_slack"), py::arg("m").noconvert(),
         py::arg("z").noconvert(), py::arg("v").noconvert(), py::arg("q").noconvert(), py::arg("z2").noconvert(),

@@ -94,12 +94,17 @@ void partials_key_scan(const KeyScanProblem<T>& P, const DenseOutput& out, std::
   if (P.M == 0) return;
   const KeyScanQueryFn<T> fn = pick_key_scan<T>(level);
   index_t most = 0;
-  for (index_t i = 0; i < P.M; ++i) most = std::max(most, std::min<index_t>(P.row_hi[i] - P.row_lo[i], P.max_terms));
-  // Queries in (range, key) order: neighbours in the list read overlapping rows while cached.
+  for (index_t i = 0; i < P.M; ++i) {
+    index_t n = 0;
+    for (index_t r = P.range_offsets[i]; r < P.range_offsets[i + 1]; ++r) n += P.range_hi[r] - P.range_lo[r];
+    most = std::max(most, std::min(n, P.max_terms));
+  }
+  // Queries in (first range, key) order: neighbours in the list read overlapping rows while cached.
+  auto first = [&](index_t i) { return P.range_offsets[i] < P.range_offsets[i + 1] ? P.range_lo[P.range_offsets[i]] : -1; };
   std::vector<index_t> order(static_cast<std::size_t>(P.M));
   for (index_t i = 0; i < P.M; ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](index_t a, index_t b) {
-    return P.row_lo[a] != P.row_lo[b] ? P.row_lo[a] < P.row_lo[b] : P.query_keys[a] < P.query_keys[b];
+    return first(a) != first(b) ? first(a) < first(b) : P.query_keys[a] < P.query_keys[b];
   });
   for_each_query(P.M, most, n_threads, [&](index_t i, GatherScratch& s) { fn(P, order[i], out, complete, s); });
 }

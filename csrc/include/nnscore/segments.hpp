@@ -28,21 +28,24 @@ struct SegmentsProblem {
   double log_cut = 0.0;  ///< terms below (max logit - log_cut) are skipped (weight < e^-log_cut)
 };
 
-/// Outward key scan over one key-sorted range per query (an IVF cell of CellSortedData): query i
-/// takes the rows of [row_lo[i], row_hi[i]) in increasing |row_keys[j] - query_keys[i]|, each in
-/// float64 difference form, and stops once every row left has a key gap above
-/// h = sqrt(2 sigma_i^2 (top[i] - (m - log_cut))) (1 + 1e-12) + slack, m the running max logit:
-/// since |key(y) - key(x)| <= ||y - x|| (unit key axis; slack >= the keys' rounding), those rows
-/// have logits below m - log_cut, terms the kernels may skip.  The partial is then the range's,
-/// with the dense engine's guarantee, and complete[i] = 1.  After max_terms terms the scan stops
-/// (complete[i] = 0): its partial covers the rows taken, so its max is a lower bound on the
-/// range's.  A run of identical rows (run_start / run_length: ascending, disjoint, equal log_w)
-/// is taken as one term of multiplicity k.  top[i] >= max log_w over the range (-inf: no mass).
+/// Outward key scans over key-sorted row ranges (IVF cells of CellSortedData): query i takes the
+/// rows of each of its ranges [range_lo[r], range_hi[r]) (r in [range_offsets[i],
+/// range_offsets[i+1])) in increasing |row_keys[j] - query_keys[i]|, each in float64 difference
+/// form, and leaves a range once every row left in it has a key gap above
+/// h = sqrt(2 sigma_i^2 (range_top[r] - floor)) (1 + 1e-12) + slack, with floor = max(floor[i],
+/// running max logit - log_cut): since |key(y) - key(x)| <= ||y - x|| (unit key axis; slack >=
+/// the keys' rounding), those rows have logits below the floor, terms the kernels may skip (the
+/// caller makes floor[i] <= the max logit of the partial the result is merged into - log_cut).
+/// The partial is then the ranges', with the dense engine's guarantee, and complete[i] = 1.
+/// After max_terms terms or max_visits rows the scan stops (complete[i] = 0): its partial covers
+/// the rows taken, so its max is a lower bound on the ranges'.  A run of identical rows
+/// (run_start / run_length: ascending, disjoint, equal log_w) is taken as one term of
+/// multiplicity k.  range_top[r] >= max log_w over the range (-inf: no mass).
 /// Sketches (optional): row_sketch[j, a] ~ <x_j - o, s_a> for kSketchAxes unit vectors s_a,
-/// orthonormal with the key axis, and query_sketch[i, a] ~ <y_i - o, s_a>, each within
-/// sketch_slack of exact.  Then (key gap - slack)^2 + sum_a (|sketch difference| - sketch_slack)^2
-/// <= ||y - x||^2, and a row whose bound puts its logit below the floor is not read.  The scan
-/// also stops (incomplete) after max_visits rows.
+/// orthonormal with the key axis, and query_sketch[i, a] ~ <y_i - o, s_a>, the two together
+/// within sketch_slack of exact.  Then (key gap - slack)^2 + sum_a (|sketch difference| -
+/// sketch_slack)^2 <= ||y - x||^2, and a row whose bound puts its logit below the floor is not
+/// read.
 constexpr int kSketchAxes = 8;
 
 template <class T>
@@ -53,11 +56,13 @@ struct KeyScanProblem {
   index_t ldx = 0;
   const double* log_w = nullptr;  ///< (N,) or null (all 0)
   const double* sigma = nullptr;  ///< (M,) > 0
-  const std::int64_t* row_lo = nullptr;  ///< (M,)
-  const std::int64_t* row_hi = nullptr;  ///< (M,)
-  const double* row_keys = nullptr;      ///< (N,)
-  const double* query_keys = nullptr;    ///< (M,)
-  const double* top = nullptr;           ///< (M,)
+  const std::int64_t* range_offsets = nullptr;  ///< (M + 1,)
+  const std::int64_t* range_lo = nullptr;       ///< (R,)
+  const std::int64_t* range_hi = nullptr;       ///< (R,)
+  const double* range_top = nullptr;            ///< (R,)
+  const double* row_keys = nullptr;             ///< (N,)
+  const double* query_keys = nullptr;           ///< (M,)
+  const double* floor = nullptr;                ///< (M,) initial floor (log_w frame), or null (-inf)
   double slack = 0.0;
   const std::int64_t* run_start = nullptr;
   const std::int64_t* run_length = nullptr;

@@ -428,51 +428,66 @@ def partials_key_scan(
     y: np.ndarray,
     sigma: np.ndarray,
     cells: "CellSortedData",
-    cell: np.ndarray,
+    cell_lists: tuple[np.ndarray, np.ndarray],
     n_threads: int,
     *,
     max_terms: int,
     max_visits: int,
+    floor: np.ndarray | None = None,
     log_w_shift: float = 0.0,
     log_mass: float = 0.0,
     log_cut: float | None = None,
     level: int | None = None,
 ) -> tuple[Partial, np.ndarray, np.ndarray]:
-    """cpp only: query i scans the rows of cell ``cell[i]`` of keyed ``cells`` outwards from its
-    own key, in float64 difference form, until every row left is provably below (max -
-    ``log_cut``), or ``max_terms`` terms are taken or ``max_visits`` rows visited
-    (nnscore/segments.hpp, ``KeyScanProblem``).  With ``cells.row_sketch`` a row is read only
-    where its sketch bound lets its logit reach the running floor.
+    """cpp only: query i scans the rows of its cells of keyed ``cells`` (``cell_lists`` =
+    (offsets (B + 1,), cell ids): query i's cells are ids[offsets[i]:offsets[i+1]], see
+    :func:`cell_lists`) outwards from its own key, in float64 difference form, until every row
+    left is provably below max(``floor[i]``, max - ``log_cut``), or ``max_terms`` terms are taken
+    or ``max_visits`` rows visited (nnscore/segments.hpp, ``KeyScanProblem``).  With
+    ``cells.row_sketch`` a row is read only where its sketch bound lets its logit reach the
+    floor.  ``floor`` (B,), in the frame of the returned ``m``, is the caller's promise that
+    floor[i] <= (max logit of the partial the result is merged into) - log_cut.
 
     Returns (partial, complete (B,) bool, terms taken (B,) int64).  Where complete, the partial
-    is the cell's with the guarantee of :func:`partials_segments` (terms below max - log_cut
-    skipped); elsewhere it covers the rows taken, so its ``m`` is a lower bound on the cell's max.
+    is the cells' with the guarantee of :func:`partials_segments` (terms below max - log_cut
+    skipped); elsewhere it covers the rows taken, so its ``m`` is a lower bound on the cells'.
     Runs of identical rows (``cells.runs``) are one term each.  ``top1`` indexes ``cells.points``."""
     n_q, dim = y.shape[0], cells.points.shape[1]
     if cells.row_keys is None:
         raise ValueError("cells: key scans need keyed cells (CellSortedData.keyed)")
-    cell = np.asarray(cell, dtype=np.int64)
+    range_offsets, cell_ids = cell_lists
     m, z, q, z2 = (np.empty(n_q) for _ in range(4))
     v = np.empty((n_q, dim))
     top1 = np.empty(n_q, dtype=np.int64)
     n_terms = np.empty(n_q, dtype=np.int64)
     complete = np.empty(n_q, dtype=np.uint8)
-    query_keys, slack = cells.query_keys(y)
+    query_keys, slack, query_sketch, sketch_slack = cells.query_frame(y)
     runs = (None, None) if cells.runs is None else cells.runs
-    sketch: tuple = (None, None, 0.0)
-    if cells.row_sketch is not None:
-        sketch = (cells.row_sketch, *cells.query_sketch(y))
+    if floor is not None:
+        floor = np.ascontiguousarray(np.asarray(floor, dtype=np.float64) - log_w_shift)  # the kernels' frame
     points = cells.points
     kernel = _core.partials_key_scan_f32 if points.dtype == np.float32 else _core.partials_key_scan_f64
     kernel(
-        y, points, cells.log_w, sigma, np.ascontiguousarray(cells.offsets[cell]),
-        np.ascontiguousarray(cells.offsets[cell + 1]), cells.row_keys, query_keys,
-        np.ascontiguousarray(cells.log_w_max[cell]), slack, *runs, *sketch, m, z, v, q, z2, top1, n_terms, complete,
+        y, points, cells.log_w, sigma, range_offsets, np.ascontiguousarray(cells.offsets[cell_ids]),
+        np.ascontiguousarray(cells.offsets[cell_ids + 1]), np.ascontiguousarray(cells.log_w_max[cell_ids]),
+        cells.row_keys, query_keys, floor, slack, *runs, cells.row_sketch, query_sketch, sketch_slack,
+        m, z, v, q, z2, top1, n_terms, complete,
         skip_log_cut(points.shape[0], points.dtype) if log_cut is None else log_cut, int(max_terms),
         int(max_visits), n_threads, simd_level() if level is None else level,
     )  # fmt: skip
     p = Partial(m=m + log_w_shift, z=z, v=v, q=q, z2=z2, top1=top1, log_mass=log_mass)
     return p, complete.astype(bool), n_terms
+
+
+def cell_lists(cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets (B + 1,), cell ids) int64 of ``cell``: (B,) one cell per query, or a (B, n_cells)
+    mask (each query's marked cells, ascending)."""
+    cell = np.asarray(cell)
+    if cell.ndim == 1:
+        return np.arange(cell.size + 1, dtype=np.int64), cell.astype(np.int64)
+    q_of, ids = np.nonzero(cell)
+    counts = np.bincount(q_of, minlength=cell.shape[0])
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), ids.astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -504,6 +519,7 @@ class CellSortedData:
     row_keys: np.ndarray | None = None
     key_reach: float = 0.0  # max ||x_j - key_origin||: scales the keys' rounding
     key_share: float = 0.0  # sum of squared keys / sum of ||x_j - key_origin||^2 (the axis's share)
+    key_span: np.ndarray | None = None  # (n_cells,) largest minus smallest key of each cell (0 if empty)
     runs: tuple[np.ndarray, np.ndarray] | None = None  # (start, length) of the long runs (_long_runs)
     sketch_axes: np.ndarray | None = None  # (SKETCH_AXES, D) float64, orthonormal, orthogonal to key_axis
     row_sketch: np.ndarray | None = None  # (N, SKETCH_AXES) float32: <x_j - key_origin, sketch_axes[k]>
@@ -549,27 +565,38 @@ class CellSortedData:
             sketch = np.empty((n, SKETCH_AXES), dtype=np.float32)
             for s in range(0, n, chunk_rows):
                 sketch[s : s + chunk_rows] = (data.points[s : s + chunk_rows].astype(np.float64) - origin) @ sketch_axes.T
+        full = offsets[1:] > offsets[:-1]
+        span = np.where(full, keys[np.maximum(offsets[1:], 1) - 1] - keys[np.minimum(offsets[:-1], max(n - 1, 0))], 0.0)
         data = dataclasses.replace(data, key_axis=axis, key_origin=origin, row_keys=keys,
-                                   key_reach=reach * (1.0 + 1e-12), key_share=share, sketch_axes=sketch_axes,
-                                   row_sketch=sketch)  # fmt: skip
+                                   key_reach=reach * (1.0 + 1e-12), key_share=share, key_span=span,
+                                   sketch_axes=sketch_axes, row_sketch=sketch)  # fmt: skip
         return data, order
 
     def query_keys(self, y: np.ndarray) -> tuple[np.ndarray, float]:
         """(keys of the rows of ``y`` (B, D), a bound on the float64 rounding of any key difference)."""
-        yc = y.astype(np.float64) - self.key_origin
-        reach = float(np.sqrt(np.max(np.einsum("ij,ij->i", yc, yc), initial=0.0)))
-        # each key is a float64 dot product of D terms: error <= (D + 2) u64 ||a|| ||u|| (u unit to 1 ulp)
-        slack = 2.0 * (yc.shape[1] + 2) * 2.0**-53 * (reach + self.key_reach) * 2.0
-        return yc @ self.key_axis, slack
+        yc, reach = self._centred(y)
+        return yc @ self.key_axis, self._key_slack(yc.shape[1], reach)
 
-    def query_sketch(self, y: np.ndarray) -> tuple[np.ndarray, float]:
-        """(the sketches of the rows of ``y`` (B, SKETCH_AXES) float64, a bound on the error of any
-        sketch coordinate difference against the exact projection): the rows' float32 sketches are
-        within 2^-24 of their float64 projections, which are within (D + 2) u64 ||x - o|| of exact."""
+    def _centred(self, y: np.ndarray) -> tuple[np.ndarray, float]:
+        """(y - key_origin in float64, the largest row norm of it)."""
         yc = y.astype(np.float64) - self.key_origin
-        reach = float(np.sqrt(np.max(np.einsum("ij,ij->i", yc, yc), initial=0.0)))
-        slack = 2.0**-24 * self.key_reach * (1.0 + 1e-6) + 4.0 * (yc.shape[1] + 2) * 2.0**-53 * (reach + self.key_reach)
-        return np.ascontiguousarray(yc @ self.sketch_axes.T), slack
+        return yc, float(np.sqrt(np.max(np.einsum("ij,ij->i", yc, yc), initial=0.0)))
+
+    def _key_slack(self, dim: int, reach: float) -> float:
+        # each key is a float64 dot product of D terms: error <= (D + 2) u64 ||a|| ||u|| (u unit to 1 ulp)
+        return 2.0 * (dim + 2) * 2.0**-53 * (reach + self.key_reach) * 2.0
+
+    def query_frame(self, y: np.ndarray) -> tuple[np.ndarray, float, np.ndarray | None, float]:
+        """(:meth:`query_keys`, and the rows' sketches (B, SKETCH_AXES) float64 with a bound on the
+        error of any sketch coordinate difference against the exact projection; None, 0 without
+        row sketches): the rows' float32 sketches are within 2^-24 of their float64 projections,
+        which are within (D + 2) u64 ||x - o|| of exact."""
+        yc, reach = self._centred(y)
+        keys, slack = yc @ self.key_axis, self._key_slack(yc.shape[1], reach)
+        if self.row_sketch is None:
+            return keys, slack, None, 0.0
+        sketch_slack = 2.0**-24 * self.key_reach * (1.0 + 1e-6) + 4.0 * (yc.shape[1] + 2) * 2.0**-53 * (reach + self.key_reach)
+        return keys, slack, np.ascontiguousarray(yc @ self.sketch_axes.T), sketch_slack
 
     def key_windows(self, y: np.ndarray, sigma: np.ndarray, probed: np.ndarray,
                     floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
