@@ -553,3 +553,13 @@ def test_key_scan_over_several_cells_from_a_floor(level, d, weighted, seed):
         p, done, terms = nb.partials_key_scan(y, sigma, cells, nb.cell_lists(marked), 2, max_terms=10**6,
                                               max_visits=10**6, floor=np.full(n_q, 1e300), level=level)  # fmt: skip
         assert done.all() and np.all(np.isneginf(p.m)) and np.all(p.z == 0) and not terms.any()
+
+
+@given(st.integers(0, 40), st.integers(0, 37), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1), st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_marked_pairs_is_nonzero(rows, cols, density, seed, as_bool):
+    """marked_pairs (the probed-mask reader of the key scans) equals np.nonzero, any shape."""
+    mask = (np.random.default_rng(seed).uniform(size=(rows, cols)) < density).astype(bool if as_bool else np.uint8)
+    q, c = nb.marked_pairs(mask)
+    q_ref, c_ref = np.nonzero(mask)
+    assert q.dtype == np.int64 and np.array_equal(q, q_ref) and np.array_equal(c, c_ref)

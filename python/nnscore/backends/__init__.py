@@ -392,7 +392,7 @@ def partials_cells(
     if keyed:
         floor = np.ascontiguousarray(np.asarray(floor, dtype=np.float64) - log_w_shift)  # the kernels' frame
     if backend != "cpp":
-        q_of, c_of = np.nonzero(probed)
+        q_of, c_of = marked_pairs(probed)
         lo, hi = cells.key_windows(y, sigma, probed, floor) if keyed else (offsets[c_of], offsets[c_of + 1])
         seg = Segments(np.concatenate([[0], np.cumsum(np.bincount(q_of, minlength=n_q))]).astype(np.int64),
                        lo, hi - lo)  # fmt: skip
@@ -485,9 +485,21 @@ def cell_lists(cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cell = np.asarray(cell)
     if cell.ndim == 1:
         return np.arange(cell.size + 1, dtype=np.int64), cell.astype(np.int64)
-    q_of, ids = np.nonzero(cell)
+    q_of, ids = marked_pairs(cell)
     counts = np.bincount(q_of, minlength=cell.shape[0])
-    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), ids.astype(np.int64)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), ids
+
+
+def marked_pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a 2-d uint8 (or bool) mask as int64 (row, column), row-major, in a
+    tenth of its time where few entries are set (a probed-cells mask): the mask is read eight
+    bytes at a time and only the nonzero words are taken apart."""
+    flat = np.ascontiguousarray(mask).view(np.uint8).reshape(-1)
+    n8 = flat.size // 8 * 8
+    words = np.flatnonzero(flat[:n8].view(np.uint64))
+    w, b = np.nonzero(flat[:n8].reshape(-1, 8)[words])
+    idx = np.concatenate([words[w] * 8 + b, np.flatnonzero(flat[n8:]) + n8]).astype(np.int64)
+    return np.divmod(idx, max(mask.shape[1], 1))
 
 
 @dataclass(frozen=True, eq=False)
@@ -605,7 +617,7 @@ class CellSortedData:
         of cell c has logit <= log_w_max[c] - <y - x, u>^2 / (2 sigma^2), so its key lies within
         sqrt(2 sigma^2 (log_w_max[c] - floor)) of the query's.  Rows outside lie below floor;
         an empty window (lo == hi) leaves the cell out."""
-        q_of, c_of = np.nonzero(probed)
+        q_of, c_of = marked_pairs(probed)
         ky, slack = self.query_keys(y)
         sig = np.asarray(sigma, dtype=np.float64)[q_of]
         top = self.log_w_max[c_of]
