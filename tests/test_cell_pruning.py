@@ -178,15 +178,15 @@ def test_no_key_scans_where_the_key_axis_carries_little():
     cells, _ = ns.backends.CellSortedData.keyed(points, None, np.arange(4000), offsets, data.center)
     assert 0.0 < cells.key_share < ns.backends.KEY_WINDOW_MIN_SHARE and not cells.windows_pay
     y = points[:8] + 1e-3
-    p, done, terms = cell_pruning.key_scans("cpp", cells, y, np.full(8, 1e-3), np.zeros(8, np.int64), None, 0.0,
-                                            0.0, 30.0, lambda work: 2)  # fmt: skip
+    p, done, terms = cell_pruning.key_scans("cpp", cells, y, np.full(8, 1e-3), np.zeros(8, np.int64), 0.0, 0.0,
+                                            30.0, lambda work: 2)  # fmt: skip
     assert np.all(np.isneginf(p.m)) and not done.any() and not terms.any()
     line = np.column_stack([np.linspace(-50, 50, 4000), rng.standard_normal((4000, 15))])
     keyed, _ = ns.backends.CellSortedData.keyed(line, None, np.arange(4000), offsets, line.mean(axis=0))
     assert keyed.key_share > 0.9
     # sigma so large that no window could be thin: no scan either
-    p, done, _ = cell_pruning.key_scans("cpp", keyed, line[:8], np.full(8, 30.0), np.zeros(8, np.int64), None, 0.0,
-                                        0.0, 30.0, lambda work: 2)  # fmt: skip
+    p, done, _ = cell_pruning.key_scans("cpp", keyed, line[:8], np.full(8, 30.0), np.zeros(8, np.int64), 0.0, 0.0,
+                                        30.0, lambda work: 2)  # fmt: skip
     assert np.all(np.isneginf(p.m)) and not done.any()
 
 

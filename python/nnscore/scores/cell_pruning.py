@@ -17,12 +17,12 @@ Inside a scanned cell the rows are sorted by a key, their projection on the data
 axis (:meth:`CellSortedData.keyed <nnscore.backends.CellSortedData.keyed>`): a row whose key is
 further than sqrt(2 sigma^2 (max log pi_c - floor)) from the query's has a logit below floor, so
 with floor = (a logit the query is known to reach) - log_cut its rows are skippable terms too and
-are never read.  The cells are scanned outwards from the query's key (:func:`key_scans`, cpp):
-rows in increasing key gap, the own cell first, until the running max (for the other cells, at
-least the own cell's) proves every row left skippable; a row is read whole only where a sketch
-of it on 8 more principal axes (``CellSortedData.row_sketch``) lets its logit reach the floor.
-Where a scan runs out of its budget, its max sets the floor of a windowed scan by the cell
-kernel.  Runs of identical rows are one term each (``CellSortedData.runs``).
+are never read.  The own cell is scanned outwards from the query's key (:func:`key_scans`, cpp):
+rows in increasing key gap, until the running max proves every row left skippable; a row is
+read whole only where a sketch of it on 8 more principal axes (``CellSortedData.row_sketch``)
+lets its logit reach the floor.  Where a scan runs out of its budget, its max sets the floor of
+a windowed scan by the cell kernel; the other cells are scanned in windows from the own cell's
+max.  Runs of identical rows are one term each (``CellSortedData.runs``).
 
 Skipping pays at small noise, where the near cells hold all the weight.  A query whose cells
 to scan hold more than :data:`PRUNE_MAX_FRACTION` of the rows goes to the dense kernel instead:
@@ -50,7 +50,7 @@ __all__ = ["CellPruning", "PRUNE_MAX_FRACTION", "AUTO_MIN_ROWS", "key_scans", "k
 PRUNE_MAX_FRACTION = 0.2
 #: ``cells="auto"`` partitions training sets of at least this many rows (below, dense only).
 AUTO_MIN_ROWS = 16384
-#: A query's key scans (:func:`key_scans`) take at most this many terms at d <= 64 (as
+#: The own cell's key scan (:func:`key_scans`) takes at most this many terms at d <= 64 (as
 #: many flops above, at least 8); past it, its max only sets the floor of a windowed scan.  The
 #: exact-max windows of the 10^6 image patches at sigma = 1e-4 hold ~170 rows per query, but
 #: cells of near-equal keys (dark patches) need a few thousand.
@@ -147,7 +147,10 @@ class CellPruning:
         if maybe.size:
             own = np.zeros(upper.shape, dtype=np.uint8)
             own[np.arange(maybe.size), nearest] = 1
-            first, first_exact = self._key_scan(backend, ym, sm, nearest, None, data, threads, ftol, log_cut)
+            first, first_exact = key_scan_partials(
+                backend, self.cells, ym, sm, nearest, data.log_w_shift, data.log_mass, log_cut, threads,
+                lambda rows, marked, known: self._scan(backend, ym[rows], sm[rows], marked, data, threads, ftol,
+                                                       self.cells.window_floor(known, log_cut)))  # fmt: skip
             floor = first.m - data.log_w_shift - log_cut  # every term below it may be skipped
             scan = (upper >= floor[:, None]) & (own == 0)
             rows_m = self.sizes[nearest] + scan.astype(np.int64) @ self.sizes
@@ -159,8 +162,8 @@ class CellPruning:
         blocks = []
         n_exact = np.zeros(n_q, dtype=np.int64)
         if maybe.size:
-            rest, rest_exact = self._key_scan(backend, ym, sm, scan.astype(np.uint8), first.m, data, threads, ftol,
-                                              log_cut)  # fmt: skip
+            rest, rest_exact = self._scan(backend, ym, sm, scan.astype(np.uint8), data, threads, ftol,
+                                          self.cells.window_floor(first.m, log_cut))  # fmt: skip
             p = merge(first, rest)
             top1 = np.where(p.top1 >= 0, self.order[np.maximum(p.top1, 0)], -1)
             blocks.append((maybe, Partial(m=p.m, z=p.z, v=p.v, q=p.q, z2=p.z2, top1=top1)))
@@ -178,15 +181,6 @@ class CellPruning:
                 diagnostics["n_exact"] = n_exact
         return assemble(blocks, n_q, data.dim, data.log_mass)
 
-    def _key_scan(self, backend, y, sigma, cell, known_max, data, threads, fast_tol,
-                  log_cut) -> tuple[Partial, np.ndarray]:  # fmt: skip
-        """key_scan_partials over ``cell`` with :meth:`_scan` for the queries the scans leave."""
-        return key_scan_partials(backend, self.cells, y, sigma, cell, known_max, data.log_w_shift, data.log_mass,
-                                 log_cut, threads,
-                                 lambda rows, marked, known: self._scan(backend, y[rows], sigma[rows], marked, data,
-                                                                        threads, fast_tol,
-                                                                        self.cells.window_floor(known, log_cut)))
-
     def _scan(self, backend, y, sigma, marked, data, threads, fast_tol, floor) -> tuple[Partial, np.ndarray]:
         """(partial over the marked cells, rows below ``floor`` skipped, top1 in cell order; its
         float64 recompute counts)."""
@@ -199,62 +193,49 @@ class CellPruning:
 
 
 def key_scans(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma: np.ndarray, cell: np.ndarray,
-              known_max: np.ndarray | None, log_w_shift: float, log_mass: float, log_cut: float,
+              log_w_shift: float, log_mass: float, log_cut: float,
               threads) -> tuple[Partial, np.ndarray, np.ndarray]:  # fmt: skip
-    """Key scans (:func:`~nnscore.backends.partials_key_scan`) of query i's cells (``cell``: (B,)
-    one each, or a (B, n_cells) uint8 mask) where they can spare most of them: cpp, keyed cells
-    whose windows pay, and a narrowest possible window (sqrt(2 sigma^2 log_cut) each side) under
-    :data:`KEY_SCAN_USEFUL` of the key span of the query's narrowest cell.  ``known_max`` (B,),
-    optional: a logit the partial the result is merged into reaches (the scans start from the
-    floor known_max - log_cut).  Returns (partial, complete (B,) bool, float64 terms (B,)): where
-    complete the partial is the cells'; elsewhere its ``m`` is a lower bound on their max logit
-    (-inf where no scan ran)."""
+    """Key scans (:func:`~nnscore.backends.partials_key_scan`) of cell ``cell[i]`` for query i
+    where they can spare most of it: cpp, keyed cells whose windows pay, and a narrowest possible
+    window (sqrt(2 sigma^2 log_cut) each side) under :data:`KEY_SCAN_USEFUL` of the cell's key
+    span.  Returns (partial, complete (B,) bool, float64 terms (B,)): where complete the partial
+    is the cell's; elsewhere its ``m`` is a lower bound on the cell's max logit (-inf where no
+    scan ran)."""
     n_q, dim = y.shape[0], cells.points.shape[1]
     complete, terms = np.zeros(n_q, dtype=bool), np.zeros(n_q, dtype=np.int64)
     if backend != "cpp" or not cells.windows_pay or n_q == 0:
         return dataclasses.replace(empty_partial(n_q, dim), log_mass=log_mass), complete, terms
-    offsets, ids = _backends.cell_lists(cell)
-    q_of = np.repeat(np.arange(n_q), np.diff(offsets))
-    narrowest = np.full(n_q, np.inf)
-    np.minimum.at(narrowest, q_of, cells.key_span[ids])
-    todo = 2.0 * np.sqrt(2.0 * log_cut) * sigma < KEY_SCAN_USEFUL * narrowest
-    # the other queries keep no cells (an empty scan; not reported complete)
-    keep = todo[q_of]
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(q_of[keep], minlength=n_q))]).astype(np.int64)
-    ids = ids[keep]
+    todo = 2.0 * np.sqrt(2.0 * log_cut) * sigma < KEY_SCAN_USEFUL * cells.key_span[cell]
+    # the other queries get no cell (an empty scan; not reported complete)
+    offsets = np.concatenate([[0], np.cumsum(todo)]).astype(np.int64)
+    ids = cell[todo].astype(np.int64)
     sizes = cells.offsets[ids + 1] - cells.offsets[ids]
     max_terms = max(KEY_SCAN_MAX_TERMS * 64 // max(64, dim), 8)
     max_visits = max_terms * (KEY_SCAN_VISITS_PER_TERM if cells.row_sketch is not None else 1)
     work = 4.0 * float(np.sum(np.minimum(sizes, max_terms))) * dim
-    floor = None if known_max is None else known_max - log_cut
     p, done, terms = _backends.partials_key_scan(np.ascontiguousarray(y), sigma, cells, (offsets, ids), threads(work),
-                                                 max_terms=max_terms, max_visits=max_visits, floor=floor,
-                                                 log_w_shift=log_w_shift, log_mass=log_mass,
-                                                 log_cut=log_cut)  # fmt: skip
+                                                 max_terms=max_terms, max_visits=max_visits, log_w_shift=log_w_shift,
+                                                 log_mass=log_mass, log_cut=log_cut)  # fmt: skip
     return p, done & todo, terms
 
 
 def key_scan_partials(backend: str, cells: _backends.CellSortedData, y: np.ndarray, sigma: np.ndarray,
-                      cell: np.ndarray, known_max: np.ndarray | None, log_w_shift: float, log_mass: float,
-                      log_cut: float, threads, scan_marked) -> tuple[Partial, np.ndarray]:  # fmt: skip
-    """(partial of query i over its cells ``cell`` (as for :func:`key_scans`), float64 terms per
-    query): the key scans where they complete; elsewhere ``scan_marked(rows, marked, known)`` ->
+                      cell: np.ndarray, log_w_shift: float, log_mass: float, log_cut: float, threads,
+                      scan_marked) -> tuple[Partial, np.ndarray]:  # fmt: skip
+    """(partial of query i over cell ``cell[i]``, float64 terms per query): the key scan of
+    :func:`key_scans` where it completes; elsewhere ``scan_marked(rows, marked, known)`` ->
     (partial, float64 terms), the caller's cell kernel over the cells marked in ``marked``
-    ((R, n_cells) uint8) for the queries ``rows``, whose merged partials reach at least ``known``
-    (R,) (``known_max`` and the scans' maxima: key windows may start from them)."""
+    ((R, n_cells) uint8) for the queries ``rows``, whose partials reach at least ``known`` (R,)
+    (the scans' maxima: key windows may start from them)."""
     n_q, dim = y.shape[0], cells.points.shape[1]
-    scan, done, terms = key_scans(backend, cells, y, sigma, cell, known_max, log_w_shift, log_mass, log_cut, threads)
+    scan, done, terms = key_scans(backend, cells, y, sigma, cell, log_w_shift, log_mass, log_cut, threads)
     rest = np.flatnonzero(~done)
     blocks = [(np.flatnonzero(done), take(scan, done))]
     n_exact = terms.copy()
     if rest.size:
-        if cell.ndim == 1:
-            marked = np.zeros((rest.size, cells.offsets.size - 1), dtype=np.uint8)
-            marked[np.arange(rest.size), cell[rest]] = 1
-        else:
-            marked = np.ascontiguousarray(cell[rest], dtype=np.uint8)
-        known = scan.m[rest] if known_max is None else np.maximum(known_max[rest], scan.m[rest])
-        p, rest_exact = scan_marked(rest, marked, known)
+        marked = np.zeros((rest.size, cells.offsets.size - 1), dtype=np.uint8)
+        marked[np.arange(rest.size), cell[rest]] = 1
+        p, rest_exact = scan_marked(rest, marked, scan.m[rest])
         blocks.append((rest, p))
         n_exact[rest] += rest_exact
     return assemble(blocks, n_q, dim, log_mass), n_exact

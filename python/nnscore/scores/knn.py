@@ -667,7 +667,7 @@ class KNNScore(ScoreModel):
                 probed[h] = widened
             extra = probed & ~before
             if extra.any():
-                p = merge(p, self._scan_cells(yb, sb, extra, log_cut, p.m))
+                p = merge(p, self._cells_partial(yb, sb, extra, log_cut, p.m))
                 p = dataclasses.replace(p, log_mass=self.data.log_mass)
             if not retry:
                 break
@@ -688,25 +688,18 @@ class KNNScore(ScoreModel):
     def _marked_partial(self, yb, sb, cells: np.ndarray, own: np.ndarray, log_cut: float) -> Partial:
         """Exact partial of each query over its marked cells ((B, nlist) uint8, ``own`` (B,) among
         them), terms below (max - log_cut) skipped: cell ``own[i]`` (where the query's near
-        neighbours are) first, then the others from the floor its max gives (:meth:`_scan_cells`).
+        neighbours are) first, by key scan or with key windows from the scan's max
+        (:func:`key_scan_partials`), then the others with windows from the own cell's max.
         top1 indexes the cell-sorted copy."""
-        p = self._scan_cells(yb, sb, own, log_cut)
+        p, _ = key_scan_partials(self.backend, self._cells, yb, sb, own, self.data.log_w_shift, self.data.log_mass,
+                                 log_cut, self._threads,
+                                 lambda rows, marked, known: (self._cells_partial(yb[rows], sb[rows], marked, log_cut,
+                                                                                  known), 0))  # fmt: skip
         others = cells.copy()
         others[np.arange(others.shape[0]), own] = 0
         if others.any():
-            p = dataclasses.replace(merge(p, self._scan_cells(yb, sb, others, log_cut, p.m)),
+            p = dataclasses.replace(merge(p, self._cells_partial(yb, sb, others, log_cut, p.m)),
                                     log_mass=self.data.log_mass)  # fmt: skip
-        return p
-
-    def _scan_cells(self, yb, sb, cells: np.ndarray, log_cut: float, known_max=None) -> Partial:
-        """Exact partial of each query over its cells (``cells``: (B,) one each, or a (B, nlist)
-        mask), terms below (max - log_cut) skipped: key scans where they complete
-        (:func:`key_scan_partials`), the cell kernel elsewhere; ``known_max`` (B,) as for
-        :meth:`_cells_partial`."""
-        p, _ = key_scan_partials(self.backend, self._cells, yb, sb, cells, known_max, self.data.log_w_shift,
-                                 self.data.log_mass, log_cut, self._threads,
-                                 lambda rows, marked, known: (self._cells_partial(yb[rows], sb[rows], marked, log_cut,
-                                                                                  known), 0))  # fmt: skip
         return p
 
     def _marked_rows(self, cells: np.ndarray) -> np.ndarray:
