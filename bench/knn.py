@@ -233,10 +233,10 @@ def main(argv=None):
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in records:
             cert = r["paths"]["knn"] + r["paths"]["ivf-certified"]
-            print(f"| {r['sigma']:g} | {r['t_exact']:.2f} | {r['t_knn']:.2f} | {r['speedup']:.1f}x | {cert:.0%} | "
+            print(f"| {r['sigma']:g} | {r['t_exact']:.3g} | {r['t_knn']:.3g} | {r['speedup']:.1f}x | {cert:.0%} | "
                   f"{r['paths']['exact']:.0%} | {r['rows_median']:.0f} ({r['rows_mean']:.0f}) | {r['bound_max']:.1e} | "
                   f"{r['err_max']:.1e} | {r['violations']} | {r['tol_met']:.0%} | "
-                  f"{r.get('t_peer', math.nan):.2f} | {r.get('err_peer_max', math.nan):.1e} |")
+                  f"{r.get('t_peer', math.nan):.3g} | {r.get('err_peer_max', math.nan):.1e} |")
         if cells is not None:
             print()
             print(f"Exact engine with cell skipping, EmpiricalScore(cells={args.cells!r}): {cells.cells.n_cells} cells, "
@@ -245,8 +245,8 @@ def main(argv=None):
             print("| sigma | exact dense (s) | exact cells (s) | cells max err | KNNScore (s) | KNNScore over cells |")
             print("|---|---|---|---|---|---|")
             for r in records:
-                print(f"| {r['sigma']:g} | {r['t_exact']:.2f} | {r['t_cells']:.2f} | {r['err_cells_max']:.1e} | "
-                      f"{r['t_knn']:.2f} | {r['t_cells'] / r['t_knn']:.1f}x |")
+                print(f"| {r['sigma']:g} | {r['t_exact']:.3g} | {r['t_cells']:.3g} | {r['err_cells_max']:.1e} | "
+                      f"{r['t_knn']:.3g} | {r['t_cells'] / r['t_knn']:.1f}x |")
         print()
         lo, hi = breakeven["fallback_speedups"]
         print(f"Break-even: most queries certified up to sigma = {breakeven['certified_up_to']}; from sigma = "

@@ -165,24 +165,31 @@ const std::int64_t* checked_index(const py::array_t<std::int64_t>& a, const char
   return a.data();
 }
 
+// The inputs SegmentsProblem and KeyScanProblem share: queries, rows, prior log weights, noise.
+template <class T, class Problem>
+void gathered_inputs(Problem& P, const py::array_t<T>& y, const py::array_t<T>& x,
+                     const std::optional<py::array_t<double>>& log_w, const py::array_t<double>& sigma) {
+  NNSCORE_CHECK(y.ndim() == 2 && x.ndim() == 2, "y and x must be 2-d");
+  P.M = y.shape(0);
+  P.N = x.shape(0);
+  P.d = x.shape(1);
+  P.ldy = checked_row_stride(y, "y", P.M, P.d);
+  P.ldx = checked_row_stride(x, "x", P.N, P.d);
+  P.y = y.data();
+  P.x = x.data();
+  P.log_w = log_w ? checked_vec<T>(*log_w, "log_w", P.N) : nullptr;
+  P.sigma = checked_vec<T>(sigma, "sigma", P.M);
+}
+
 template <class T>
 void bind_segments(py::array_t<T> y, py::array_t<T> x, std::optional<py::array_t<double>> log_w, py::array_t<double> sigma,
                    py::array_t<std::int64_t> offsets, py::array_t<std::int64_t> seg_start,
                    py::array_t<std::int64_t> seg_len, py::array_t<double> m, py::array_t<double> z, py::array_t<double> v,
                    py::array_t<double> q, py::array_t<double> z2, py::array_t<std::int64_t> top1, double log_cut,
                    int n_threads, int simd_level) {
-  NNSCORE_CHECK(y.ndim() == 2 && x.ndim() == 2, "y and x must be 2-d");
   SegmentsProblem<T> P;
-  P.M = y.shape(0);
-  P.N = x.shape(0);
-  P.d = x.shape(1);
+  gathered_inputs<T>(P, y, x, log_w, sigma);
   const index_t M = P.M, N = P.N, d = P.d;
-  P.ldy = checked_row_stride(y, "y", M, d);
-  P.ldx = checked_row_stride(x, "x", N, d);
-  P.y = y.data();
-  P.x = x.data();
-  P.log_w = log_w ? checked_vec<T>(*log_w, "log_w", N) : nullptr;
-  P.sigma = checked_vec<T>(sigma, "sigma", M);
   P.offsets = checked_index(offsets, "offsets", M + 1);
   const index_t S = seg_start.ndim() == 1 ? seg_start.shape(0) : -1;
   P.seg_start = checked_index(seg_start, "seg_start", S);
@@ -227,18 +234,9 @@ void bind_key_scan(py::array_t<T> y, py::array_t<T> x, std::optional<py::array_t
                    py::array_t<std::int64_t> top1, py::array_t<std::int64_t> n_terms,
                    py::array_t<std::uint8_t> complete, double log_cut, std::int64_t max_terms,
                    std::int64_t max_visits, int n_threads, int simd_level) {
-  NNSCORE_CHECK(y.ndim() == 2 && x.ndim() == 2, "y and x must be 2-d");
   KeyScanProblem<T> P;
-  P.M = y.shape(0);
-  P.N = x.shape(0);
-  P.d = x.shape(1);
+  gathered_inputs<T>(P, y, x, log_w, sigma);
   const index_t M = P.M, N = P.N, d = P.d;
-  P.ldy = checked_row_stride(y, "y", M, d);
-  P.ldx = checked_row_stride(x, "x", N, d);
-  P.y = y.data();
-  P.x = x.data();
-  P.log_w = log_w ? checked_vec<T>(*log_w, "log_w", N) : nullptr;
-  P.sigma = checked_vec<T>(sigma, "sigma", M);
   P.range_offsets = checked_index(range_offsets, "range_offsets", M + 1);
   const index_t R = range_lo.ndim() == 1 ? range_lo.shape(0) : -1;
   P.range_lo = checked_index(range_lo, "range_lo", R);
