@@ -482,7 +482,7 @@ def test_sketch_bounds(seed):
 
 @pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
 @pytest.mark.parametrize("case", ["range", "reversed", "offsets", "budget", "no_terms", "sketch_shape", "one_sketch",
-                                  "sketch_slack", "log_cut", "floor"])
+                                  "sketch_slack", "log_cut", "floor", "runs"])
 def test_binding_rejects_bad_key_scans(case):
     n, d, n_q = 30, 16, 3
     rng = np.random.default_rng(3)
@@ -515,13 +515,16 @@ def test_binding_rejects_bad_key_scans(case):
         offsets[-1] = n_q + 1
     elif case == "floor":
         floor = np.full(n_q, np.nan)
+    runs = [None, None]
+    if case == "runs":  # overlapping
+        runs = [np.array([0, 3], np.int64), np.array([5, 4], np.int64)]
     match = {"range": "range_lo, range_hi", "reversed": "range_lo, range_hi", "budget": "max_terms, max_visits",
-             "offsets": "range_offsets", "floor": "floor",
+             "offsets": "range_offsets", "floor": "floor", "runs": "disjoint",
              "no_terms": "max_terms", "sketch_shape": "row_sketch", "one_sketch": "give both",
              "sketch_slack": "sketch_slack", "log_cut": "log_cut"}[case]  # fmt: skip
     with pytest.raises(ValueError, match=match):
         nb._core.partials_key_scan_f64(y, x, None, np.ones(n_q), offsets, lo, hi, np.zeros(n_q),
-                                       np.sort(rng.normal(size=n)), np.zeros(n_q), floor, 0.0, None, None, *sketch, m,
+                                       np.sort(rng.normal(size=n)), np.zeros(n_q), floor, 0.0, *runs, *sketch, m,
                                        z, v, q, z2, top1, terms, done, log_cut, *budget, 1, 0)  # fmt: skip
 
 

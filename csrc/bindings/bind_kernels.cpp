@@ -165,6 +165,30 @@ const std::int64_t* checked_index(const py::array_t<std::int64_t>& a, const char
   return a.data();
 }
 
+// Runs of identical rows (RowRuns) as the kernels trust them, checked once (O(runs), GIL held):
+// non-empty, ascending, disjoint, within the N rows and, given cell offsets, each within one cell.
+RowRuns checked_runs(const std::optional<py::array_t<std::int64_t>>& run_start,
+                     const std::optional<py::array_t<std::int64_t>>& run_length, index_t N,
+                     const std::int64_t* cell_offsets = nullptr, index_t n_cells = 0) {
+  NNSCORE_CHECK(run_start.has_value() == run_length.has_value(), "run_start, run_length: give both or neither");
+  RowRuns runs{nullptr, nullptr, 0};
+  if (!run_start) return runs;
+  NNSCORE_CHECK(run_start->ndim() == 1, "run_start: expected a 1-d array");
+  runs.n = run_start->shape(0);
+  runs.start = checked_index(*run_start, "run_start", runs.n);
+  runs.length = checked_index(*run_length, "run_length", runs.n);
+  for (index_t r = 0; r < runs.n; ++r) {
+    const std::int64_t a = runs.start[r], b = a + runs.length[r];
+    NNSCORE_CHECK(a >= 0 && b > a && b <= N && (r == 0 || a >= runs.start[r - 1] + runs.length[r - 1]),
+                  "run_start, run_length: runs must be non-empty, ascending, disjoint and within x");
+    if (cell_offsets) {
+      const std::int64_t c = std::upper_bound(cell_offsets, cell_offsets + n_cells + 1, a) - cell_offsets - 1;
+      NNSCORE_CHECK(b <= cell_offsets[c + 1], "run_start, run_length: run " << r << " crosses a cell boundary");
+    }
+  }
+  return runs;
+}
+
 // The inputs SegmentsProblem and KeyScanProblem share: queries, rows, prior log weights, noise.
 template <class T, class Problem>
 void gathered_inputs(Problem& P, const py::array_t<T>& y, const py::array_t<T>& x,
@@ -259,18 +283,10 @@ void bind_key_scan(py::array_t<T> y, py::array_t<T> x, std::optional<py::array_t
   for (index_t i = 0; P.floor && i < M; ++i) NNSCORE_CHECK(!std::isnan(P.floor[i]), "floor: must not be NaN");
   NNSCORE_CHECK(key_slack >= 0.0 && std::isfinite(key_slack), "key_slack: must be finite and >= 0");
   P.slack = key_slack;
-  NNSCORE_CHECK(run_start.has_value() == run_length.has_value(), "run_start, run_length: give both or neither");
-  if (run_start) {
-    NNSCORE_CHECK(run_start->ndim() == 1, "run_start: expected a 1-d array");
-    P.n_runs = run_start->shape(0);
-    P.run_start = checked_index(*run_start, "run_start", P.n_runs);
-    P.run_length = checked_index(*run_length, "run_length", P.n_runs);
-    for (index_t r = 0; r < P.n_runs; ++r) {
-      const std::int64_t a = P.run_start[r], b = a + P.run_length[r];
-      NNSCORE_CHECK(a >= 0 && b > a && b <= N && (r == 0 || a >= P.run_start[r - 1] + P.run_length[r - 1]),
-                    "run_start, run_length: runs must be non-empty, ascending, disjoint and within x");
-    }
-  }
+  const RowRuns runs = checked_runs(run_start, run_length, N);
+  P.run_start = runs.start;
+  P.run_length = runs.length;
+  P.n_runs = runs.n;
   NNSCORE_CHECK(row_sketch.has_value() == query_sketch.has_value(), "row_sketch, query_sketch: give both or neither");
   if (row_sketch) {
     auto shaped = [](const auto& a, index_t n) {
@@ -366,22 +382,7 @@ void bind_cells(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_s
     // O(N) check per call would cost as much as a small-sigma scan).
     NNSCORE_CHECK(key_slack >= 0.0 && std::isfinite(key_slack), "key_slack: must be finite and >= 0");
   }
-  NNSCORE_CHECK(run_start.has_value() == run_length.has_value(), "run_start, run_length: give both or neither");
-  RowRuns runs{nullptr, nullptr, 0};
-  if (run_start) {
-    NNSCORE_CHECK(run_start->ndim() == 1, "run_start: expected a 1-d array");
-    runs.n = run_start->shape(0);
-    runs.start = checked_index(*run_start, "run_start", runs.n);
-    runs.length = checked_index(*run_length, "run_length", runs.n);
-    // The kernel trusts these (O(runs), GIL held): ascending, disjoint, each within one cell.
-    for (index_t r = 0; r < runs.n; ++r) {
-      const std::int64_t a = runs.start[r], b = a + runs.length[r];
-      NNSCORE_CHECK(a >= 0 && b > a && b <= P.N && (r == 0 || a >= runs.start[r - 1] + runs.length[r - 1]),
-                    "run_start, run_length: runs must be non-empty, ascending, disjoint and within x");
-      const std::int64_t c = std::upper_bound(offs, offs + n_cells + 1, a) - offs - 1;
-      NNSCORE_CHECK(b <= offs[c + 1], "run_start, run_length: run " << r << " crosses a cell boundary");
-    }
-  }
+  const RowRuns runs = checked_runs(run_start, run_length, P.N, offs, n_cells);
   py::gil_scoped_release release;
   partials_cells<T>(P, probed.data(), n_cells, offs, cell_centers.data(), radii, out, n_threads,
                     static_cast<SimdLevel>(simd_level), n_keys ? &windows : nullptr, runs.n ? &runs : nullptr);
