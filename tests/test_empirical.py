@@ -645,6 +645,27 @@ def test_cpp_deep_tiles_match_reference(dtype, seed):
                                         weights=w)
 
 
+@pytest.mark.skipif(not ns.HAS_CORE, reason="needs the compiled core")
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("d", [24, 130])
+def test_cpp_partial_query_blocks(dtype, d, seed):
+    """A query block that does not fill the register block (12 queries with AVX-512, 4 below)
+    runs a narrower one, padded (dense_kernel.inc, with_block_width): every remainder from 1 to
+    13 queries, at the fast, mixed and selection paths, in GEMM-form and deep-tile sums (d = 130
+    gives sub-tiles of at most 240 rows for any wide-tile budget only at d >= 1600, so deep tiles
+    come from test_cpp_deep_tiles_match_reference; here the plain tile sums)."""
+    rng = np.random.default_rng([seed, 31, d])
+    n = 700
+    points = (rng.standard_normal((n, d)) + 1.0).astype(dtype)
+    data = nb.TrainingData.prepare(points)
+    s = nn_spacing(points)
+    for m in range(1, 14):
+        y = (points[rng.integers(0, n, size=m)] + 0.5 * s * rng.standard_normal((m, d))).astype(dtype)
+        for f in (1e-2, 1.0, 30.0):
+            sigma = f * s * (1.0 + rng.uniform(size=m))
+            _assert_every_level_matches(points, y, sigma, data, dtype, f"m={m} sigma={f}s")
+
+
 @pytest.mark.parametrize("chunk_rows", [1, 7, 16384])
 def test_row_repeats_flags(chunk_rows):
     """TrainingData.row_repeats (and CellSortedData's) mark exactly the rows equal to the row
