@@ -19,7 +19,8 @@
 // Never more than one tile of logits is in memory.  At large d with GEMM-form sums the tile
 // (the rows whose weights and sums a query folds into float64 at once, up to 512) is packed for
 // the logits in L2-sized sub-tiles, and its weighted sums run in column chunks ("deep tiles"):
-// the float64 state of 256 queries x 3072 would otherwise be streamed once per 32 rows.
+// the float64 state of a query block (up to 512 queries x 3072 x 8 bytes) would otherwise be
+// streamed once per 32 rows.
 //
 // Third-moment mode (moment_center set; the taylor2 smoothed score, science.md §2.1.4): a second
 // pass over the same queries with the max logit m known from the first.  With w = exp(l - m) and
