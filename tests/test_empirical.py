@@ -651,9 +651,9 @@ def test_cpp_deep_tiles_match_reference(dtype, seed):
 def test_cpp_partial_query_blocks(dtype, d, seed):
     """A query block that does not fill the register block (12 queries with AVX-512, 4 below)
     runs a narrower one, padded (dense_kernel.inc, with_block_width): every remainder from 1 to
-    13 queries, at the fast, mixed and selection paths, in GEMM-form and deep-tile sums (d = 130
-    gives sub-tiles of at most 240 rows for any wide-tile budget only at d >= 1600, so deep tiles
-    come from test_cpp_deep_tiles_match_reference; here the plain tile sums)."""
+    13 queries, on the fast, mixed and selection paths, narrow (d = 24) and wide rows (d = 130).
+    The deep-tile sums take partial blocks in test_cpp_deep_tiles_match_reference (m = 37: blocks
+    of 37, or 32 and 5 on two threads)."""
     rng = np.random.default_rng([seed, 31, d])
     n = 700
     points = (rng.standard_normal((n, d)) + 1.0).astype(dtype)
