@@ -46,8 +46,12 @@ __all__ = ["CellPruning", "PRUNE_MAX_FRACTION", "AUTO_MIN_ROWS", "key_scans", "k
 #: A query whose cells to scan hold more than this fraction of the rows takes the dense kernel.
 #: Measured at small sigma (README grid data, M = 1024, N = 10^5, 316 cells): per row scanned the
 #: cell scan cost 7x the dense kernel's time per row at d = 64 (4% of the rows scanned), 3.4x at
-#: d = 784 (19%) and 3.9x at d = 3072 (34%, slower than dense), so it pays below about 1/5.
-PRUNE_MAX_FRACTION = 0.2
+#: d = 784 (19%) and 3.9x at d = 3072 (34%, slower than dense), so it paid below about 1/5.
+#: Stop 19 (158 cells, the faster tile kernel; min of 4 interleaved rounds, 0.2 against 0.35):
+#: d = 16 / 64 / 256 / 784 / 3072 took 0.0165 / 0.0274 / 0.110 / 0.486 / 2.29 s against
+#: 0.0156 / 0.0206 / 0.091 / 0.451 / 2.19 s; at d = 784 the queries taking cells went from 46%
+#: to 77% (per row scanned, 3.2x the dense kernel's time there).
+PRUNE_MAX_FRACTION = 0.35
 #: ``cells="auto"`` partitions training sets of at least this many rows (below, dense only).
 AUTO_MIN_ROWS = 16384
 #: The own cell's key scan (:func:`key_scans`) takes at most this many terms at d <= 64 (as
