@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import nnscore as ns
 from nnscore import backends as nb
 
-from nnscore.partials import take
+from nnscore.partials import merge, take
 
 from test_segments import VARIANTS, VIDS, check, dense_oracle
 
@@ -200,6 +200,48 @@ def test_key_windows_skip_only_terms_below_the_floor(variant, dtype, d, weighted
     # guard: the floor is honoured (one above every logit leaves every window empty)
     bad = nb.partials_cells(backend, y, sigma, cells, probed, 2, level=level, floor=np.full(n_q, 1e300))
     assert np.all(np.isneginf(bad.m)) and np.all(bad.z == 0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VIDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("d", [3, 64])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unif", "weighted"])
+def test_start_max_for_merged_scans(variant, dtype, d, weighted, seed):
+    """A scan merged into a partial of known max (the other cells after the query's own, in
+    CellPruning and KNNScore) may start at that max (``start_max``): the merge still matches
+    the float64 oracle over all the rows, at every sigma and on the mixed-path redo; -inf is the
+    call without it, bit for bit; a start above every logit leaves no mass, m exactly the start
+    and top1 -1 (cpp; the other backends ignore it)."""
+    backend, level = variant
+    rng = np.random.default_rng([seed, d, int(weighted), np.dtype(dtype).itemsize, 53])
+    cells = cell_data(rng, d, dtype, SIZES, weighted)
+    n_q = 23
+    first = (rng.uniform(size=(n_q, len(SIZES))) < 0.3).astype(np.uint8)
+    rest = ((rng.uniform(size=(n_q, len(SIZES))) < 0.5) & (first == 0)).astype(np.uint8)
+    rest[1] = 1 - first[1]  # every cell between the two scans
+    first[0] = 0  # nothing first: start_max -inf
+    union = first | rest
+    seg = segments_of(cells, union)
+    y = queries(rng, cells, n_q, 0.3)
+    for sigma in (np.full(n_q, 1e-6), np.full(n_q, 1e-3), rng.uniform(0.2, 2.0, n_q), np.full(n_q, 1e6)):
+        what = f"{backend}{level} sigma={sigma[0]:.1e}"
+        p1 = nb.partials_cells(backend, y, sigma, cells, first, 2, level=level, log_w_shift=0.7)
+        p2 = nb.partials_cells(backend, y, sigma, cells, rest, 2, level=level, log_w_shift=0.7, start_max=p1.m)
+        if backend == "cpp":
+            assert np.all(p2.m >= p1.m), what
+        p = merge(p1, p2)
+        p = type(p)(m=p.m - 0.7, z=p.z, v=p.v, q=p.q, z2=p.z2, top1=p.top1)  # back to the oracle's frame
+        check(p, y, cells.points, sigma, cells.log_w, seg, what)
+    if backend == "cpp":
+        sigma = np.full(n_q, 1e-3)
+        a = nb.partials_cells(backend, y, sigma, cells, rest, 2, level=level)
+        b = nb.partials_cells(backend, y, sigma, cells, rest, 2, level=level, start_max=np.full(n_q, -np.inf))
+        for f in ("m", "z", "v", "q", "z2", "top1"):
+            assert np.array_equal(getattr(a, f), getattr(b, f)), f
+        high = nb.partials_cells(backend, y, sigma, cells, rest, 2, level=level, start_max=np.full(n_q, 1e300))
+        assert np.all(high.m == 1e300) and np.all(high.z == 0) and np.all(high.top1 == -1)
+        with pytest.raises(ValueError, match="start_max"):
+            nb.partials_cells(backend, y, sigma, cells, rest, 2, level=level, start_max=np.full(n_q, np.nan))
 
 
 def test_key_windows_rule(seed):

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <vector>
 #include <string>
@@ -349,8 +350,8 @@ void bind_cells(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_s
                 std::optional<py::array_t<double>> row_keys, std::optional<py::array_t<double>> query_keys,
                 std::optional<py::array_t<double>> floor, std::optional<py::array_t<double>> cell_log_w_max,
                 double key_slack, std::optional<py::array_t<std::int64_t>> run_start,
-                std::optional<py::array_t<std::int64_t>> run_length) {
-  const DenseProblem<T> P =
+                std::optional<py::array_t<std::int64_t>> run_length, std::optional<py::array_t<double>> start_max) {
+  DenseProblem<T> P =
       dense_problem<T>(y, x, x_half_sqnorm, log_w, nullptr, sigma, 0.0, fast_tol, log_cut, row_repeats);
   const index_t M = P.M, d = P.d;
   NNSCORE_CHECK(probed.ndim() == 2 && probed.shape(0) == M && (probed.flags() & py::array::c_style),
@@ -383,6 +384,12 @@ void bind_cells(py::array_t<T> y, py::array_t<T> x, py::array_t<double> x_half_s
     NNSCORE_CHECK(key_slack >= 0.0 && std::isfinite(key_slack), "key_slack: must be finite and >= 0");
   }
   const RowRuns runs = checked_runs(run_start, run_length, P.N, offs, n_cells);
+  if (start_max) {
+    P.start_max = checked_vec<T>(*start_max, "start_max", M);
+    for (index_t i = 0; i < M; ++i)
+      NNSCORE_CHECK(!std::isnan(P.start_max[i]) && P.start_max[i] != std::numeric_limits<double>::infinity(),
+                    "start_max: must not be NaN or +inf");
+  }
   py::gil_scoped_release release;
   partials_cells<T>(P, probed.data(), n_cells, offs, cell_centers.data(), radii, out, n_threads,
                     static_cast<SimdLevel>(simd_level), n_keys ? &windows : nullptr, runs.n ? &runs : nullptr);
@@ -394,7 +401,7 @@ void def_cells(py::module_& m, const char* name) {
         "partials_cells_{f32,f64}(y, x, x_half_sqnorm, log_w, sigma, probed, cell_offsets, cell_centers,\n"
         "    cell_radii, m, z, v, q, z2, top1, n_exact, fast_tol, log_cut, n_threads, simd_level,\n"
         "    row_repeats=None, row_keys=None, query_keys=None, floor=None, cell_log_w_max=None, key_slack=0,\n"
-        "    run_start=None, run_length=None)\n\n"
+        "    run_start=None, run_length=None, start_max=None)\n\n"
         "Partials of query i over the rows of the cells c with probed[i, c] != 0 of a cell-sorted x\n"
         "(cell c: rows [cell_offsets[c], cell_offsets[c+1]), products about cell_centers[c], radius\n"
         "cell_radii[c]; x_half_sqnorm about each row's cell centre), through the dense tile kernel one\n"
@@ -402,7 +409,10 @@ void def_cells(py::module_& m, const char* name) {
         "With the four key arrays (rows ascending by key within each cell): query i reduces only\n"
         "the rows of cell c with |key - query_keys[i]| <= sqrt(2 sigma^2 (cell_log_w_max[c] -\n"
         "floor[i])) (1 + 1e-12) + key_slack (nnscore/cells.hpp). run_start/run_length: runs of\n"
-        "identical rows with equal log_w (ascending, within cells); a long one is one term.",
+        "identical rows with equal log_w (ascending, within cells); a long one is one term.\n"
+        "start_max (M,): query i's partial starts at that max with no mass (a lower bound of the max\n"
+        "of the partial the result is merged into; -inf: none): terms below start_max - log_cut are\n"
+        "skipped, and the weights are relative to it.",
         py::arg("y").noconvert(), py::arg("x").noconvert(), py::arg("x_half_sqnorm").noconvert(),
         py::arg("log_w").noconvert(), py::arg("sigma").noconvert(), py::arg("probed").noconvert(),
         py::arg("cell_offsets").noconvert(), py::arg("cell_centers").noconvert(), py::arg("cell_radii").noconvert(),
@@ -412,7 +422,7 @@ void def_cells(py::module_& m, const char* name) {
         py::arg("row_keys").noconvert() = py::none(), py::arg("query_keys").noconvert() = py::none(),
         py::arg("floor").noconvert() = py::none(), py::arg("cell_log_w_max").noconvert() = py::none(),
         py::arg("key_slack") = 0.0, py::arg("run_start").noconvert() = py::none(),
-        py::arg("run_length").noconvert() = py::none());
+        py::arg("run_length").noconvert() = py::none(), py::arg("start_max").noconvert() = py::none());
 }
 
 void bind_ivf_bounds(py::array_t<double> G, py::array_t<double> qn, py::array_t<double> cn, py::array_t<double> radii,

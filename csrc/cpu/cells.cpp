@@ -242,22 +242,25 @@ void partials_cells(const DenseProblem<T>& P, const std::uint8_t* probed, index_
       }
     }
     std::vector<T> ys;
-    std::vector<double> sig;
+    std::vector<double> sig, start;
     PartialBuffer part;
     for (index_t pc = bounds[ch]; pc < bounds[ch + 1]; ++pc) {
       const index_t c = piece_cell[pc], r0 = piece_r0[pc], m0 = piece_m0[pc], nq = piece_m1[pc] - m0;
       ys.resize(static_cast<std::size_t>(nq * d));
       sig.resize(nq);
+      if (P.start_max) start.resize(nq);
       part.resize(nq, d);
       for (index_t j = 0; j < nq; ++j) {
         const index_t i = members[m0 + j];
         std::copy(P.y + i * P.ldy, P.y + i * P.ldy + d, ys.begin() + j * d);
         sig[j] = P.sigma[i];
+        if (P.start_max) start[j] = P.start_max[i];
       }
       DenseProblem<T> S = P;
       S.y = ys.data();
       S.ldy = d;
       S.sigma = sig.data();
+      S.start_max = P.start_max ? start.data() : nullptr;
       S.M = nq;
       S.x = P.x + r0 * P.ldx;
       S.N = piece_r1[pc] - r0;

@@ -174,6 +174,7 @@ def partials_cells_f32(
     key_slack: float = ...,
     run_start: npt.NDArray[np.int64] | None = ...,
     run_length: npt.NDArray[np.int64] | None = ...,
+    start_max: npt.NDArray[np.float64] | None = ...,
 ) -> None: ...
 def partials_cells_f64(
     y: npt.NDArray[np.float64],
@@ -204,6 +205,7 @@ def partials_cells_f64(
     key_slack: float = ...,
     run_start: npt.NDArray[np.int64] | None = ...,
     run_length: npt.NDArray[np.int64] | None = ...,
+    start_max: npt.NDArray[np.float64] | None = ...,
 ) -> None: ...
 def third_moments_dense_f32(
     y: npt.NDArray[np.float32],

@@ -56,6 +56,11 @@ struct DenseProblem {
   /// (N,) optional: row_repeats[j] != 0 when row j equals row j - 1 (value-wise).  Runs of
   /// identical rows then share one float64 distance in the exact recompute; null: no runs.
   const std::uint8_t* row_repeats = nullptr;
+  /// (M,) optional: query i's partial starts at max start_max[i] with no mass, a lower bound of
+  /// the max of the partial it is merged into (the caller's), so that terms below
+  /// start_max - log_cut are skipped from the first tile on and weights are relative to it.
+  /// -inf: none.  Not with moment_center.
+  const double* start_max = nullptr;
 };
 
 /// Structure-of-arrays outputs: one partial per query (see online_softmax.hpp).

@@ -366,6 +366,7 @@ def partials_cells(
     level: int | None = None,
     diagnostics: dict | None = None,
     floor: np.ndarray | None = None,
+    start_max: np.ndarray | None = None,
 ) -> Partial:
     """Partials of query i over the rows of the cells c with ``probed[i, c]`` of a cell-sorted
     training set (:class:`CellSortedData`).  Terms below (max - ``log_cut``) may be skipped
@@ -375,6 +376,13 @@ def partials_cells(
     the result is merged into) - log_cut, so these are terms the kernels may skip anyway.  With
     the cells' keys (:meth:`CellSortedData.key_windows`) only the rows of a key window are
     visited.
+    ``start_max`` (B,), optional, same frame (cpp; the other backends ignore it): for a result
+    that will be merged into a partial whose max is at least start_max[i].  Query i's partial
+    starts at max start_max[i] with no mass, so its rows below start_max - log_cut are skipped
+    tile by tile from the first one and the others are weighed against that max (a cell far
+    from the query's best would otherwise be weighed against its own best row, and sum rows
+    that the merge drops).  The returned ``m`` is then at least start_max, with ``top1`` -1
+    where no row reaches it.
     ``fast_tol`` (cpp only, capped at :data:`FAST_TOL`): queries whose GEMM-form logits about a
     cell's centre are within it use them as the dense kernel's fast path does; 0 (default) puts
     every query on the selection path.  ``diagnostics`` (a dict, cpp) receives ``n_exact``.
@@ -419,10 +427,14 @@ def partials_cells(
         cells.row_repeats,
         *key_args,
         *runs,
+        None if start_max is None else np.ascontiguousarray(np.asarray(start_max, dtype=np.float64) - log_w_shift),
     )  # fmt: skip
     if diagnostics is not None:
         diagnostics["n_exact"] = n_exact
-    return Partial(m=m + log_w_shift, z=z, v=v, q=q, z2=z2, top1=top1, log_mass=log_mass)
+    m = m + log_w_shift
+    if start_max is not None:  # no row reached it: the max is the caller's, bit for bit (merge ties)
+        m = np.where(top1 < 0, np.asarray(start_max, dtype=np.float64), m)
+    return Partial(m=m, z=z, v=v, q=q, z2=z2, top1=top1, log_mass=log_mass)
 
 
 def partials_key_scan(

@@ -167,7 +167,7 @@ class CellPruning:
         n_exact = np.zeros(n_q, dtype=np.int64)
         if maybe.size:
             rest, rest_exact = self._scan(backend, ym, sm, scan.astype(np.uint8), data, threads, ftol,
-                                          self.cells.window_floor(first.m, log_cut))  # fmt: skip
+                                          self.cells.window_floor(first.m, log_cut), start_max=first.m)  # fmt: skip
             p = merge(first, rest)
             top1 = np.where(p.top1 >= 0, self.order[np.maximum(p.top1, 0)], -1)
             blocks.append((maybe, Partial(m=p.m, z=p.z, v=p.v, q=p.q, z2=p.z2, top1=top1)))
@@ -185,14 +185,17 @@ class CellPruning:
                 diagnostics["n_exact"] = n_exact
         return assemble(blocks, n_q, data.dim, data.log_mass)
 
-    def _scan(self, backend, y, sigma, marked, data, threads, fast_tol, floor) -> tuple[Partial, np.ndarray]:
+    def _scan(self, backend, y, sigma, marked, data, threads, fast_tol, floor,
+              start_max=None) -> tuple[Partial, np.ndarray]:  # fmt: skip
         """(partial over the marked cells, rows below ``floor`` skipped, top1 in cell order; its
-        float64 recompute counts)."""
+        float64 recompute counts).  ``start_max``: that of :func:`~nnscore.backends.partials_cells`,
+        for a result merged into a partial of at least that max."""
         work = 4.0 * float(np.sum(marked.astype(np.int64) @ self.sizes)) * data.dim
         diag: dict = {}
         p = _backends.partials_cells(backend, y, sigma, self.cells, marked, threads(work),
                                      log_w_shift=data.log_w_shift, log_mass=data.log_mass,
-                                     fast_tol=fast_tol, diagnostics=diag, floor=floor)  # fmt: skip
+                                     fast_tol=fast_tol, diagnostics=diag, floor=floor,
+                                     start_max=start_max)  # fmt: skip
         return p, diag.get("n_exact", np.zeros(y.shape[0], dtype=np.int64))
 
 

@@ -667,23 +667,26 @@ class KNNScore(ScoreModel):
                 probed[h] = widened
             extra = probed & ~before
             if extra.any():
-                p = merge(p, self._cells_partial(yb, sb, extra, log_cut, p.m))
+                p = merge(p, self._cells_partial(yb, sb, extra, log_cut, p.m, start_max=p.m))
                 p = dataclasses.replace(p, log_mass=self.data.log_mass)
             if not retry:
                 break
         return p, too_many
 
-    def _cells_partial(self, yb, sb, cells: np.ndarray, log_cut: float, known_max=None) -> Partial:
+    def _cells_partial(self, yb, sb, cells: np.ndarray, log_cut: float, known_max=None, start_max=None) -> Partial:
         """Exact partial of each query over the rows of its selected cells ((B, nlist) mask),
         terms below (max - log_cut) skipped; with ``known_max`` (B,) (a logit the query's partial
-        reaches), rows below known_max - log_cut are never read where key windows pay.  top1
-        indexes the cell-sorted copy."""
+        reaches), rows below known_max - log_cut are never read where key windows pay.
+        ``start_max`` (B,): for a result merged into a partial of at least that max (the
+        ``start_max`` of :func:`~nnscore.backends.partials_cells`).  top1 indexes the cell-sorted
+        copy."""
         data = self.data
         floor = None if known_max is None else self._cells.window_floor(known_max, log_cut)
         work = 4.0 * float(np.sum(self._marked_rows(cells))) * data.dim
         return _backends.partials_cells(self.backend, np.ascontiguousarray(yb), sb, self._cells, cells,
                                         self._threads(work), log_w_shift=data.log_w_shift,
-                                        log_mass=data.log_mass, log_cut=log_cut, floor=floor)  # fmt: skip
+                                        log_mass=data.log_mass, log_cut=log_cut, floor=floor,
+                                        start_max=start_max)  # fmt: skip
 
     def _marked_partial(self, yb, sb, cells: np.ndarray, own: np.ndarray, log_cut: float) -> Partial:
         """Exact partial of each query over its marked cells ((B, nlist) uint8, ``own`` (B,) among
@@ -698,7 +701,7 @@ class KNNScore(ScoreModel):
         others = cells.copy()
         others[np.arange(others.shape[0]), own] = 0
         if others.any():
-            p = dataclasses.replace(merge(p, self._cells_partial(yb, sb, others, log_cut, p.m)),
+            p = dataclasses.replace(merge(p, self._cells_partial(yb, sb, others, log_cut, p.m, start_max=p.m)),
                                     log_mass=self.data.log_mass)  # fmt: skip
         return p
 
