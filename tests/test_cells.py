@@ -49,6 +49,11 @@ def queries(rng, cells, n_q, scale):
     return y.astype(cells.points.dtype)
 
 
+def assert_bitwise_equal(a, b):
+    for f in ("m", "z", "v", "q", "z2", "top1"):
+        assert np.array_equal(getattr(a, f), getattr(b, f)), f
+
+
 SIZES = [0, 40, 7, 1, 0, 120, 4500, 33, 64]  # empty cells, tiny cells, one cell split into pieces
 
 
@@ -80,9 +85,8 @@ def test_cells_deterministic_per_thread_count_and_agree_across(seed):
     y = queries(rng, cells, 50, 0.5)
     sigma = rng.uniform(0.05, 3.0, 50)
     runs = {t: [nb.partials_cells("cpp", y, sigma, cells, probed, t) for _ in range(2)] for t in (1, 2, 3)}
-    for t, (a, b) in runs.items():
-        for f in ("m", "z", "v", "q", "z2", "top1"):
-            assert np.array_equal(getattr(a, f), getattr(b, f)), (t, f)
+    for a, b in runs.values():
+        assert_bitwise_equal(a, b)
     a, b = runs[1][0], runs[3][0]
     np.testing.assert_allclose(a.m + np.log(a.z), b.m + np.log(b.z), rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(a.v / a.z[:, None], b.v / b.z[:, None], rtol=0, atol=1e-11)
@@ -193,10 +197,9 @@ def test_key_windows_skip_only_terms_below_the_floor(variant, dtype, d, weighted
             assert np.sum(hi - lo) == np.sum(seg.length), what
     if backend == "cpp":  # no floor: whole cells, bitwise the call without one
         sigma = np.full(n_q, 1e-2)
-        a = nb.partials_cells(backend, y, sigma, cells, probed, 2, level=level)
-        b = nb.partials_cells(backend, y, sigma, cells, probed, 2, level=level, floor=np.full(n_q, -np.inf))
-        for f in ("m", "z", "v", "q", "z2", "top1"):
-            assert np.array_equal(getattr(a, f), getattr(b, f)), f
+        assert_bitwise_equal(nb.partials_cells(backend, y, sigma, cells, probed, 2, level=level),
+                             nb.partials_cells(backend, y, sigma, cells, probed, 2, level=level,
+                                               floor=np.full(n_q, -np.inf)))  # fmt: skip
     # guard: the floor is honoured (one above every logit leaves every window empty)
     bad = nb.partials_cells(backend, y, sigma, cells, probed, 2, level=level, floor=np.full(n_q, 1e300))
     assert np.all(np.isneginf(bad.m)) and np.all(bad.z == 0)
@@ -234,10 +237,9 @@ def test_start_max_for_merged_scans(variant, dtype, d, weighted, seed):
         check(p, y, cells.points, sigma, cells.log_w, seg, what)
     if backend == "cpp":
         sigma = np.full(n_q, 1e-3)
-        a = nb.partials_cells(backend, y, sigma, cells, rest, 2, level=level)
-        b = nb.partials_cells(backend, y, sigma, cells, rest, 2, level=level, start_max=np.full(n_q, -np.inf))
-        for f in ("m", "z", "v", "q", "z2", "top1"):
-            assert np.array_equal(getattr(a, f), getattr(b, f)), f
+        assert_bitwise_equal(nb.partials_cells(backend, y, sigma, cells, rest, 2, level=level),
+                             nb.partials_cells(backend, y, sigma, cells, rest, 2, level=level,
+                                               start_max=np.full(n_q, -np.inf)))  # fmt: skip
         high = nb.partials_cells(backend, y, sigma, cells, rest, 2, level=level, start_max=np.full(n_q, 1e300))
         assert np.all(high.m == 1e300) and np.all(high.z == 0) and np.all(high.top1 == -1)
         with pytest.raises(ValueError, match="start_max"):
